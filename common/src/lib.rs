@@ -1,0 +1,15 @@
+//! Code shared by the placement driver, the store and the router: logging
+//! setup and the PD client trait.
+
+pub mod pd_client;
+
+/// Installs the process-wide `tracing` subscriber, filtered by `RUST_LOG`
+/// (default `info`). Safe to call more than once; later calls do nothing.
+pub fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,666 @@
+//! The gRPC implementation of [`PdClient`]: connects to the first reachable
+//! of a list of PD addresses, retries once on a broken connection, keeps one
+//! bidirectional region-heartbeat stream open (reconnecting it when it
+//! breaks) and batches timestamp requests over one TSO stream.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use concord_proto::pdpb::pd_client::PdClient as PdGrpc;
+use concord_proto::{metapb, pdpb};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::client::{PdClient, PdError, PdResult, RegionInfo};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+const QUEUE_CAPACITY: usize = 1024;
+
+/// A live connection to one PD member.
+#[derive(Clone)]
+struct Conn {
+    client: PdGrpc<Channel>,
+    cluster_id: u64,
+    addr: String,
+}
+
+impl Conn {
+    fn header(&self) -> pdpb::RequestHeader {
+        pdpb::RequestHeader {
+            cluster_id: self.cluster_id,
+        }
+    }
+}
+
+type TsoWaiter = oneshot::Sender<PdResult<pdpb::Timestamp>>;
+
+/// State shared by the client and its background stream tasks.
+struct Shared {
+    addrs: Vec<String>,
+    conn: tokio::sync::Mutex<Option<Conn>>,
+    responses: parking_lot::Mutex<mpsc::Sender<pdpb::RegionHeartbeatResponse>>,
+}
+
+fn url(addr: &str) -> String {
+    if addr.starts_with("http://") || addr.starts_with("https://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+/// Whether a gRPC status means the connection (not the request) failed.
+fn is_transport_failure(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+    )
+}
+
+/// Response types that carry a PD header.
+trait HasHeader {
+    fn header(&self) -> Option<&pdpb::ResponseHeader>;
+}
+
+macro_rules! has_header {
+    ($($ty:ty),* $(,)?) => {
+        $(impl HasHeader for $ty {
+            fn header(&self) -> Option<&pdpb::ResponseHeader> {
+                self.header.as_ref()
+            }
+        })*
+    };
+}
+
+has_header!(
+    pdpb::GetMembersResponse,
+    pdpb::BootstrapResponse,
+    pdpb::IsBootstrappedResponse,
+    pdpb::AllocIdResponse,
+    pdpb::TsoResponse,
+    pdpb::PutStoreResponse,
+    pdpb::GetStoreResponse,
+    pdpb::GetAllStoresResponse,
+    pdpb::StoreHeartbeatResponse,
+    pdpb::GetRegionResponse,
+    pdpb::ScanRegionsResponse,
+    pdpb::AskBatchSplitResponse,
+    pdpb::ReportBatchSplitResponse,
+);
+
+/// Turns an error in a response header into a [`PdError`].
+fn check_header(header: Option<&pdpb::ResponseHeader>) -> PdResult<()> {
+    let Some(error) = header.and_then(|h| h.error.as_ref()) else {
+        return Ok(());
+    };
+    match error.r#type() {
+        pdpb::ErrorType::Ok => Ok(()),
+        pdpb::ErrorType::NotBootstrapped => Err(PdError::NotBootstrapped),
+        pdpb::ErrorType::AlreadyBootstrapped => Err(PdError::AlreadyBootstrapped),
+        kind => Err(PdError::Server {
+            kind,
+            message: error.message.clone(),
+        }),
+    }
+}
+
+fn region_info(resp: pdpb::GetRegionResponse) -> Option<RegionInfo> {
+    resp.region.map(|region| RegionInfo {
+        region,
+        leader: resp.leader,
+    })
+}
+
+impl Shared {
+    fn unreachable(&self, reason: impl Into<String>) -> PdError {
+        PdError::Unreachable {
+            addresses: self.addrs.join(","),
+            reason: reason.into(),
+        }
+    }
+
+    async fn connect_one(addr: &str) -> Result<Conn, String> {
+        let endpoint = Endpoint::from_shared(url(addr))
+            .map_err(|e| format!("{addr}: bad address: {e}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        let channel = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect())
+            .await
+            .map_err(|_| format!("{addr}: connect timed out"))?
+            .map_err(|e| format!("{addr}: {e}"))?;
+        let mut client = PdGrpc::new(channel);
+        let members = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            client.get_members(pdpb::GetMembersRequest { header: None }),
+        )
+        .await
+        .map_err(|_| format!("{addr}: GetMembers timed out"))?
+        .map_err(|s| format!("{addr}: {}", s.message()))?
+        .into_inner();
+        check_header(members.header()).map_err(|e| format!("{addr}: {e}"))?;
+        let cluster_id = members.header.map_or(0, |h| h.cluster_id);
+        Ok(Conn {
+            client,
+            cluster_id,
+            addr: addr.to_string(),
+        })
+    }
+
+    /// The current connection, connecting to the first reachable member if
+    /// there is none.
+    async fn conn(&self) -> PdResult<Conn> {
+        let mut current = self.conn.lock().await;
+        if let Some(conn) = current.as_ref() {
+            return Ok(conn.clone());
+        }
+        let mut reasons = Vec::new();
+        for addr in &self.addrs {
+            match Self::connect_one(addr).await {
+                Ok(conn) => {
+                    tracing::debug!(addr = %conn.addr, cluster_id = conn.cluster_id, "connected to PD");
+                    *current = Some(conn.clone());
+                    return Ok(conn);
+                }
+                Err(reason) => reasons.push(reason),
+            }
+        }
+        Err(self.unreachable(reasons.join("; ")))
+    }
+
+    /// Forgets `failed` so the next call reconnects (unless another caller
+    /// already replaced it).
+    async fn reset(&self, failed: &Conn) {
+        let mut current = self.conn.lock().await;
+        if current.as_ref().is_some_and(|c| c.addr == failed.addr) {
+            *current = None;
+        }
+    }
+
+    fn deliver(&self, resp: pdpb::RegionHeartbeatResponse) {
+        let tx = self.responses.lock().clone();
+        if let Err(mpsc::error::TrySendError::Full(resp)) = tx.try_send(resp) {
+            tracing::warn!(
+                region_id = resp.region_id,
+                "heartbeat response dropped: receiver is full"
+            );
+        }
+    }
+}
+
+/// The gRPC PD client. Dropping it stops its background streams.
+pub struct GrpcPdClient {
+    shared: Arc<Shared>,
+    heartbeats: mpsc::Sender<pdpb::RegionHeartbeatRequest>,
+    tso_requests: mpsc::Sender<TsoWaiter>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for GrpcPdClient {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Discards queued items for `period`; false once the queue is closed.
+async fn discard_for<T>(queue: &mut mpsc::Receiver<T>, period: Duration) -> bool {
+    let drain = async { while queue.recv().await.is_some() {} };
+    tokio::time::timeout(period, drain).await.is_err()
+}
+
+async fn heartbeat_loop(
+    shared: Arc<Shared>,
+    mut queue: mpsc::Receiver<pdpb::RegionHeartbeatRequest>,
+) {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let opened = match shared.conn().await {
+            Ok(conn) => {
+                let (tx, rx) = mpsc::channel(256);
+                let mut client = conn.client.clone();
+                match client.region_heartbeat(ReceiverStream::new(rx)).await {
+                    Ok(resp) => Ok((conn, tx, resp.into_inner())),
+                    Err(status) => {
+                        shared.reset(&conn).await;
+                        Err(status.to_string())
+                    }
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        let (conn, tx, mut inbound) = match opened {
+            Ok(parts) => parts,
+            Err(reason) => {
+                tracing::warn!(%reason, "region heartbeat stream unavailable; retrying");
+                if !discard_for(&mut queue, backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        backoff = MIN_BACKOFF;
+        loop {
+            tokio::select! {
+                req = queue.recv() => match req {
+                    Some(mut req) => {
+                        req.header = Some(conn.header());
+                        if tx.send(req).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => return,
+                },
+                msg = inbound.message() => match msg {
+                    Ok(Some(resp)) => {
+                        if let Err(e) = check_header(resp.header.as_ref()) {
+                            tracing::warn!(error = %e, "PD rejected a region heartbeat");
+                        }
+                        if resp.region_id != 0 {
+                            shared.deliver(resp);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::warn!(%status, "region heartbeat stream broke");
+                        break;
+                    }
+                },
+            }
+        }
+        shared.reset(&conn).await;
+        if !discard_for(&mut queue, backoff).await {
+            return;
+        }
+    }
+}
+
+fn fail_all(shared: &Shared, waiters: impl IntoIterator<Item = TsoWaiter>, reason: &str) {
+    for waiter in waiters {
+        let _ = waiter.send(Err(shared.unreachable(reason)));
+    }
+}
+
+/// Takes `first` plus everything already queued.
+fn batch(first: TsoWaiter, queue: &mut mpsc::Receiver<TsoWaiter>) -> Vec<TsoWaiter> {
+    let mut waiters = vec![first];
+    while waiters.len() < 4096 {
+        match queue.try_recv() {
+            Ok(w) => waiters.push(w),
+            Err(_) => break,
+        }
+    }
+    waiters
+}
+
+fn answer(resp: pdpb::TsoResponse, waiters: Vec<TsoWaiter>) {
+    let result = check_header(resp.header.as_ref()).and_then(|()| {
+        let ts = resp.timestamp.ok_or_else(|| PdError::Server {
+            kind: pdpb::ErrorType::Unknown,
+            message: "TSO response without timestamp".into(),
+        })?;
+        if resp.count as usize != waiters.len() {
+            return Err(PdError::Server {
+                kind: pdpb::ErrorType::Unknown,
+                message: format!("asked for {} timestamps, got {}", waiters.len(), resp.count),
+            });
+        }
+        Ok(ts)
+    });
+    match result {
+        Ok(last) => {
+            let n = waiters.len() as i64;
+            for (i, waiter) in waiters.into_iter().enumerate() {
+                let _ = waiter.send(Ok(pdpb::Timestamp {
+                    physical: last.physical,
+                    logical: last.logical - (n - 1 - i as i64),
+                }));
+            }
+        }
+        Err(e) => {
+            let message = e.to_string();
+            let kind = match &e {
+                PdError::Server { kind, .. } => *kind,
+                _ => pdpb::ErrorType::Unknown,
+            };
+            for waiter in waiters {
+                let _ = waiter.send(Err(PdError::Server {
+                    kind,
+                    message: message.clone(),
+                }));
+            }
+        }
+    }
+}
+
+async fn tso_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<TsoWaiter>) {
+    loop {
+        let Some(first) = queue.recv().await else {
+            return;
+        };
+        let waiting = batch(first, &mut queue);
+        let conn = match shared.conn().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                fail_all(&shared, waiting, &e.to_string());
+                continue;
+            }
+        };
+        let (tx, rx) = mpsc::channel(256);
+        let mut client = conn.client.clone();
+        let mut inbound = match client.tso(ReceiverStream::new(rx)).await {
+            Ok(resp) => resp.into_inner(),
+            Err(status) => {
+                shared.reset(&conn).await;
+                fail_all(&shared, waiting, status.message());
+                continue;
+            }
+        };
+        let mut in_flight: VecDeque<Vec<TsoWaiter>> = VecDeque::new();
+        let mut next = Some(waiting);
+        let reason = loop {
+            if let Some(waiters) = next.take() {
+                let req = pdpb::TsoRequest {
+                    header: Some(conn.header()),
+                    count: waiters.len() as u32,
+                };
+                in_flight.push_back(waiters);
+                if tx.send(req).await.is_err() {
+                    break "TSO stream closed".to_string();
+                }
+            }
+            tokio::select! {
+                w = queue.recv() => match w {
+                    Some(first) => next = Some(batch(first, &mut queue)),
+                    None => return,
+                },
+                msg = inbound.message() => match msg {
+                    Ok(Some(resp)) => match in_flight.pop_front() {
+                        Some(waiters) => answer(resp, waiters),
+                        None => break "unexpected TSO response".to_string(),
+                    },
+                    Ok(None) => break "TSO stream ended".to_string(),
+                    Err(status) => break status.message().to_string(),
+                },
+            }
+        };
+        tracing::warn!(%reason, addr = %conn.addr, "TSO stream broke");
+        shared.reset(&conn).await;
+        fail_all(&shared, in_flight.into_iter().flatten(), &reason);
+    }
+}
+
+impl GrpcPdClient {
+    /// Connects to the first reachable PD among `addrs` (`host:port` or
+    /// `http://host:port`) and starts the heartbeat and TSO streams. Must be
+    /// called within a tokio runtime.
+    pub async fn connect(addrs: &[String]) -> PdResult<Self> {
+        if addrs.is_empty() {
+            return Err(PdError::Unreachable {
+                addresses: String::new(),
+                reason: "no PD address given".into(),
+            });
+        }
+        let (responses, _) = mpsc::channel(1);
+        let shared = Arc::new(Shared {
+            addrs: addrs.to_vec(),
+            conn: tokio::sync::Mutex::new(None),
+            responses: parking_lot::Mutex::new(responses),
+        });
+        shared.conn().await?;
+        let (heartbeats, hb_queue) = mpsc::channel(QUEUE_CAPACITY);
+        let (tso_requests, tso_queue) = mpsc::channel(QUEUE_CAPACITY);
+        let tasks = vec![
+            tokio::spawn(heartbeat_loop(shared.clone(), hb_queue)),
+            tokio::spawn(tso_loop(shared.clone(), tso_queue)),
+        ];
+        Ok(GrpcPdClient {
+            shared,
+            heartbeats,
+            tso_requests,
+            tasks,
+        })
+    }
+
+    /// The cluster id PD reported.
+    pub async fn cluster_id(&self) -> PdResult<u64> {
+        Ok(self.shared.conn().await?.cluster_id)
+    }
+
+    /// Runs a unary call, reconnecting and retrying once when the
+    /// connection failed.
+    async fn call<T, F, Fut>(&self, f: F) -> PdResult<T>
+    where
+        T: HasHeader,
+        F: Fn(PdGrpc<Channel>, pdpb::RequestHeader) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let mut last_failure = String::new();
+        for _attempt in 0..2 {
+            let conn = self.shared.conn().await?;
+            let outcome =
+                tokio::time::timeout(REQUEST_TIMEOUT, f(conn.client.clone(), conn.header())).await;
+            match outcome {
+                Ok(Ok(resp)) => {
+                    let resp = resp.into_inner();
+                    check_header(resp.header())?;
+                    return Ok(resp);
+                }
+                Ok(Err(status)) if is_transport_failure(&status) => {
+                    last_failure = format!("{}: {}", conn.addr, status.message());
+                    self.shared.reset(&conn).await;
+                }
+                Ok(Err(status)) => {
+                    return Err(PdError::Server {
+                        kind: pdpb::ErrorType::Unknown,
+                        message: status.message().to_string(),
+                    })
+                }
+                Err(_) => {
+                    last_failure = format!("{}: request timed out", conn.addr);
+                    self.shared.reset(&conn).await;
+                }
+            }
+        }
+        Err(self.shared.unreachable(last_failure))
+    }
+}
+
+#[tonic::async_trait]
+impl PdClient for GrpcPdClient {
+    async fn is_bootstrapped(&self) -> PdResult<bool> {
+        let resp = self
+            .call(|mut c, h| async move {
+                c.is_bootstrapped(pdpb::IsBootstrappedRequest { header: Some(h) })
+                    .await
+            })
+            .await?;
+        Ok(resp.bootstrapped)
+    }
+
+    async fn bootstrap(&self, store: metapb::Store, region: metapb::Region) -> PdResult<()> {
+        self.call(|mut c, h| {
+            let req = pdpb::BootstrapRequest {
+                header: Some(h),
+                store: Some(store.clone()),
+                region: Some(region.clone()),
+            };
+            async move { c.bootstrap(req).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn alloc_id(&self) -> PdResult<u64> {
+        let resp =
+            self.call(|mut c, h| async move {
+                c.alloc_id(pdpb::AllocIdRequest { header: Some(h) }).await
+            })
+            .await?;
+        Ok(resp.id)
+    }
+
+    async fn put_store(&self, store: metapb::Store) -> PdResult<()> {
+        self.call(|mut c, h| {
+            let req = pdpb::PutStoreRequest {
+                header: Some(h),
+                store: Some(store.clone()),
+            };
+            async move { c.put_store(req).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn get_store(&self, store_id: u64) -> PdResult<metapb::Store> {
+        let resp = self
+            .call(|mut c, h| async move {
+                c.get_store(pdpb::GetStoreRequest {
+                    header: Some(h),
+                    store_id,
+                })
+                .await
+            })
+            .await?;
+        resp.store.ok_or_else(|| PdError::Server {
+            kind: pdpb::ErrorType::StoreNotFound,
+            message: format!("store {store_id} not found"),
+        })
+    }
+
+    async fn get_all_stores(&self) -> PdResult<Vec<metapb::Store>> {
+        let resp = self
+            .call(|mut c, h| async move {
+                c.get_all_stores(pdpb::GetAllStoresRequest {
+                    header: Some(h),
+                    exclude_tombstone_stores: false,
+                })
+                .await
+            })
+            .await?;
+        Ok(resp.stores)
+    }
+
+    async fn store_heartbeat(&self, stats: pdpb::StoreStats) -> PdResult<()> {
+        self.call(|mut c, h| {
+            let req = pdpb::StoreHeartbeatRequest {
+                header: Some(h),
+                stats: Some(stats),
+            };
+            async move { c.store_heartbeat(req).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn region_heartbeat(&self, request: pdpb::RegionHeartbeatRequest) -> PdResult<()> {
+        self.heartbeats
+            .send(request)
+            .await
+            .map_err(|_| self.shared.unreachable("heartbeat stream task stopped"))
+    }
+
+    fn heartbeat_responses(&self) -> mpsc::Receiver<pdpb::RegionHeartbeatResponse> {
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        *self.shared.responses.lock() = tx;
+        rx
+    }
+
+    async fn get_region(&self, key: &[u8]) -> PdResult<RegionInfo> {
+        let resp = self
+            .call(|mut c, h| {
+                let req = pdpb::GetRegionRequest {
+                    header: Some(h),
+                    region_key: key.to_vec(),
+                };
+                async move { c.get_region(req).await }
+            })
+            .await?;
+        region_info(resp).ok_or_else(|| PdError::Server {
+            kind: pdpb::ErrorType::RegionNotFound,
+            message: format!("no region holds key {key:?}"),
+        })
+    }
+
+    async fn get_region_by_id(&self, region_id: u64) -> PdResult<Option<RegionInfo>> {
+        let resp = self
+            .call(|mut c, h| async move {
+                c.get_region_by_id(pdpb::GetRegionByIdRequest {
+                    header: Some(h),
+                    region_id,
+                })
+                .await
+            })
+            .await?;
+        Ok(region_info(resp))
+    }
+
+    async fn scan_regions(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: u32,
+    ) -> PdResult<Vec<RegionInfo>> {
+        let resp = self
+            .call(|mut c, h| {
+                let req = pdpb::ScanRegionsRequest {
+                    header: Some(h),
+                    start_key: start.to_vec(),
+                    end_key: end.to_vec(),
+                    limit,
+                };
+                async move { c.scan_regions(req).await }
+            })
+            .await?;
+        Ok(resp.regions.into_iter().filter_map(region_info).collect())
+    }
+
+    async fn ask_batch_split(
+        &self,
+        region: &metapb::Region,
+        count: u32,
+    ) -> PdResult<Vec<pdpb::SplitId>> {
+        let resp = self
+            .call(|mut c, h| {
+                let req = pdpb::AskBatchSplitRequest {
+                    header: Some(h),
+                    region: Some(region.clone()),
+                    split_count: count,
+                };
+                async move { c.ask_batch_split(req).await }
+            })
+            .await?;
+        Ok(resp.ids)
+    }
+
+    async fn report_batch_split(&self, regions: Vec<metapb::Region>) -> PdResult<()> {
+        self.call(|mut c, h| {
+            let req = pdpb::ReportBatchSplitRequest {
+                header: Some(h),
+                regions: regions.clone(),
+            };
+            async move { c.report_batch_split(req).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn get_tso(&self) -> PdResult<pdpb::Timestamp> {
+        let (tx, rx) = oneshot::channel();
+        self.tso_requests
+            .send(tx)
+            .await
+            .map_err(|_| self.shared.unreachable("TSO task stopped"))?;
+        rx.await
+            .map_err(|_| self.shared.unreachable("TSO request dropped"))?
+    }
+}

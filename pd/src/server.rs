@@ -1,0 +1,155 @@
+//! Starting and stopping a PD server: the gRPC service and the HTTP API on
+//! their listeners, over one [`Cluster`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use concord_proto::pdpb::pd_server::PdServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::cluster::Cluster;
+use crate::config::PdConfig;
+use crate::error::{PdServerError, Result};
+use crate::http_api;
+use crate::service::PdService;
+
+/// A running PD server.
+pub struct PdServerHandle {
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    cluster: Arc<Cluster>,
+    shutdown: watch::Sender<bool>,
+    grpc_task: JoinHandle<std::result::Result<(), tonic::transport::Error>>,
+    http_task: JoinHandle<std::io::Result<()>>,
+    schedule_task: JoinHandle<()>,
+}
+
+/// Runs a scheduling round every `interval` until shutdown.
+async fn schedule_loop(
+    cluster: Arc<Cluster>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    if interval.is_zero() {
+        return;
+    }
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let c = cluster.clone();
+        match tokio::task::spawn_blocking(move || c.schedule_once()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "scheduling round failed"),
+            Err(e) => tracing::warn!(error = %e, "scheduling task failed"),
+        }
+    }
+}
+
+async fn wait_for_shutdown(mut rx: watch::Receiver<bool>) {
+    // An error means the sender is gone, which also means stop.
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Opens the metadata in `config.data_dir` and serves gRPC on `config.addr`
+/// and HTTP on `config.http_addr` (port 0 picks a free port; see
+/// [`PdServerHandle::grpc_addr`]).
+pub async fn start(config: PdConfig) -> Result<PdServerHandle> {
+    let opened = config.clone();
+    let cluster = tokio::task::spawn_blocking(move || Cluster::open(&opened))
+        .await
+        .map_err(|e| PdServerError::Io(std::io::Error::other(e)))??;
+    let cluster = Arc::new(cluster);
+    let grpc_listener = TcpListener::bind(&config.addr).await.map_err(|e| {
+        PdServerError::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {}: {e}", config.addr),
+        ))
+    })?;
+    let http_listener = TcpListener::bind(&config.http_addr).await.map_err(|e| {
+        PdServerError::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {}: {e}", config.http_addr),
+        ))
+    })?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+
+    let service = PdService::new(cluster.clone(), shutdown_rx.clone());
+    let grpc_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(PdServer::new(service))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(grpc_listener),
+                wait_for_shutdown(shutdown_rx.clone()),
+            ),
+    );
+    let schedule_task = tokio::spawn(schedule_loop(
+        cluster.clone(),
+        Duration::from_millis(config.schedule_interval_ms),
+        shutdown_rx.clone(),
+    ));
+    let app = http_api::router(cluster.clone());
+    let http_task = tokio::spawn(async move {
+        axum::serve(http_listener, app)
+            .with_graceful_shutdown(wait_for_shutdown(shutdown_rx))
+            .await
+    });
+    tracing::info!(%grpc_addr, %http_addr, cluster_id = cluster.cluster_id(), "PD serving");
+    Ok(PdServerHandle {
+        grpc_addr,
+        http_addr,
+        cluster,
+        shutdown,
+        grpc_task,
+        http_task,
+        schedule_task,
+    })
+}
+
+impl PdServerHandle {
+    /// The bound gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The bound HTTP address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The PD state being served (for in-process tests and tools).
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
+    /// Stops accepting work, ends open streams, waits for both servers to
+    /// finish and releases the metadata store.
+    pub async fn shutdown(self) -> Result<()> {
+        let _ = self.shutdown.send(true);
+        let grpc = self.grpc_task.await;
+        let http = self.http_task.await;
+        if let Err(e) = self.schedule_task.await {
+            tracing::warn!(error = %e, "scheduling loop ended abnormally");
+        }
+        match grpc {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(PdServerError::Io(std::io::Error::other(e))),
+            Err(e) => return Err(PdServerError::Io(std::io::Error::other(e))),
+        }
+        match http {
+            Ok(result) => result?,
+            Err(e) => return Err(PdServerError::Io(std::io::Error::other(e))),
+        }
+        tracing::info!(grpc_addr = %self.grpc_addr, "PD stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,69 @@
+//! Raftstore settings.
+
+use std::time::Duration;
+
+/// How a store runs its regions. Defaults suit production; tests shrink the
+/// tick and the split and log-GC limits.
+#[derive(Debug, Clone)]
+pub struct RaftStoreConfig {
+    /// Interval of the store-level clock that ticks every region.
+    pub tick_interval: Duration,
+    /// Ticks without a leader before a follower campaigns.
+    pub election_ticks: usize,
+    /// Ticks between leader heartbeats.
+    pub heartbeat_ticks: usize,
+    /// Threads that drive raft for all regions.
+    pub raft_pollers: usize,
+    /// Threads that apply committed entries to the data column families.
+    pub apply_pollers: usize,
+    /// Most regions a poller handles in one round (one fsync).
+    pub max_batch_regions: usize,
+    /// Largest accepted key.
+    pub max_key_size: usize,
+    /// Largest accepted value.
+    pub max_value_size: usize,
+    /// Proposals waiting for apply, store-wide, above which new writes are
+    /// answered `ServerIsBusy`.
+    pub max_pending_proposals: usize,
+    /// A region whose approximate size reaches this is split.
+    pub region_max_size: u64,
+    /// A region holding this many keys is split.
+    pub region_max_keys: u64,
+    /// Bytes written to a region between two split checks.
+    pub split_check_diff: u64,
+    /// Applied entries kept in the log before the leader proposes CompactLog.
+    pub raft_log_gc_threshold: u64,
+    /// A follower lagging more than this many entries no longer holds back
+    /// log GC; it will catch up by snapshot.
+    pub raft_log_gc_max_lag: u64,
+    /// Ticks between checks for log GC, split and PD heartbeats.
+    pub housekeeping_ticks: u64,
+    /// Size of one snapshot chunk on the wire.
+    pub snapshot_chunk_size: usize,
+    /// Messages buffered per destination store before new ones are dropped.
+    pub transport_queue_size: usize,
+}
+
+impl Default for RaftStoreConfig {
+    fn default() -> Self {
+        RaftStoreConfig {
+            tick_interval: Duration::from_millis(100),
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            raft_pollers: 2,
+            apply_pollers: 2,
+            max_batch_regions: 256,
+            max_key_size: 8 << 10,
+            max_value_size: 8 << 20,
+            max_pending_proposals: 20_000,
+            region_max_size: 96 << 20,
+            region_max_keys: 960_000,
+            split_check_diff: 6 << 20,
+            raft_log_gc_threshold: 1024,
+            raft_log_gc_max_lag: 10_240,
+            housekeeping_ticks: 10,
+            snapshot_chunk_size: 1 << 20,
+            transport_queue_size: 4096,
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! What a raft poller shares with every peer it runs: the engine, the
+//! round's write batch, the outgoing message batches, and handles on the
+//! apply pool, the PD worker and the transport.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use concord_proto::metapb;
+use concord_proto::raft_serverpb::RaftMessage;
+use parking_lot::Mutex;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::apply::ApplyPool;
+use super::config::RaftStoreConfig;
+use super::meta::StoreMeta;
+use super::msg::Callback;
+use super::router::StoreRouter;
+use crate::engine::{Engine, WriteBatch};
+
+/// Sends raft messages to other stores. Delivery is best effort: raft
+/// retransmits what is lost.
+pub trait Transport: Send + Sync + 'static {
+    /// Sends `msgs`, all addressed to peers on `store_id`.
+    fn send(&self, store_id: u64, msgs: Vec<RaftMessage>);
+}
+
+/// Work for the PD worker.
+pub enum PdTask {
+    /// Report a region from its leader.
+    RegionHeartbeat {
+        /// The region.
+        region: metapb::Region,
+        /// This store's peer, the leader.
+        leader: metapb::Peer,
+        /// Peers far behind the leader's log.
+        pending_peers: Vec<metapb::Peer>,
+        /// Bytes written since the last heartbeat.
+        written_bytes: u64,
+        /// Keys written since the last heartbeat.
+        written_keys: u64,
+        /// The leader's term.
+        term: u64,
+    },
+    /// Measure a region and split it at its middle key if it is too big
+    /// (or in any case with `force`).
+    SplitCheck {
+        /// The region.
+        region: metapb::Region,
+        /// Split even if the region is under the limits.
+        force: bool,
+    },
+    /// Split a region at the given keys (asking PD for ids first).
+    Split {
+        /// The region.
+        region: metapb::Region,
+        /// Where to split.
+        keys: Vec<Vec<u8>>,
+        /// Completed with the resulting regions.
+        callback: Option<Callback>,
+    },
+    /// Tell PD about the regions a split produced.
+    ReportSplit {
+        /// The regions.
+        regions: Vec<metapb::Region>,
+    },
+}
+
+/// The long-lived parts of a [`PollContext`].
+#[derive(Clone)]
+pub struct StoreServices {
+    /// This store's id.
+    pub store_id: u64,
+    /// Raftstore settings.
+    pub cfg: Arc<RaftStoreConfig>,
+    /// The store's engine.
+    pub engine: Engine,
+    /// Mailboxes of every peer.
+    pub router: StoreRouter,
+    /// The apply threads.
+    pub apply: Arc<ApplyPool>,
+    /// Ranges and leadership of all regions.
+    pub meta: Arc<Mutex<StoreMeta>>,
+    /// Store-to-store messages.
+    pub transport: Arc<dyn Transport>,
+    /// The PD worker's queue.
+    pub pd_tx: UnboundedSender<PdTask>,
+    /// Proposals not yet handed to apply, store-wide.
+    pub pending_proposals: Arc<AtomicUsize>,
+}
+
+/// The services plus the per-round state of one raft poller.
+pub struct PollContext {
+    services: StoreServices,
+    /// The round's write batch: written once, synced, per round.
+    pub wb: WriteBatch,
+    outbox: HashMap<u64, Vec<RaftMessage>>,
+}
+
+impl std::ops::Deref for PollContext {
+    type Target = StoreServices;
+
+    fn deref(&self) -> &StoreServices {
+        &self.services
+    }
+}
+
+impl PollContext {
+    /// A context for one poller.
+    pub fn new(services: StoreServices) -> PollContext {
+        let wb = services.engine.write_batch();
+        PollContext {
+            services,
+            wb,
+            outbox: HashMap::new(),
+        }
+    }
+
+    /// Queues a message; messages are sent per store after the round's write.
+    pub fn send(&mut self, msg: RaftMessage) {
+        let store = msg.to_peer.as_ref().map_or(0, |p| p.store_id);
+        self.outbox.entry(store).or_default().push(msg);
+    }
+
+    /// Sends every queued message, one batch per destination store.
+    pub fn flush_messages(&mut self) {
+        for (store, msgs) in self.outbox.drain() {
+            self.services.transport.send(store, msgs);
+        }
+    }
+
+    /// Queues work for the PD worker.
+    pub fn pd(&self, task: PdTask) {
+        let _ = self.pd_tx.send(task);
+    }
+
+    /// Writes the round's batch with one fsync and starts a new batch.
+    pub fn write_round(&mut self) {
+        if self.wb.is_empty() {
+            return;
+        }
+        let wb = std::mem::replace(&mut self.wb, self.services.engine.write_batch());
+        if let Err(e) = self.services.engine.write(wb, true) {
+            // Raft must not go on as if the log were durable.
+            tracing::error!("raft log write failed: {e}");
+            std::process::abort();
+        }
+    }
+}

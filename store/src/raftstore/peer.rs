@@ -1,0 +1,812 @@
+//! One region peer: its raft state machine, the proposals and reads waiting
+//! on it, and how it reacts to messages, ticks and apply results.
+//!
+//! A poll round runs [`Peer::handle`] for each message, then
+//! [`Peer::collect_ready`] (which adds the peer's log and hard state to the
+//! round's shared write batch), then — after the one synced write —
+//! [`Peer::post_ready`] (which sends messages and hands committed entries to
+//! the apply pool).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+
+use concord_proto::metapb::{self, PeerRole};
+use concord_proto::raft_cmdpb::{
+    admin_request, AdminRequest, CompactLogRequest, ConfChangeType, RaftCmdRequest,
+    RaftRequestHeader,
+};
+use concord_proto::raft_serverpb::{PeerState, RaftMessage, RegionSnapshot};
+use prost::Message as _;
+use protobuf::Message as _;
+use raft::eraftpb::{self, ConfChangeSingle, ConfChangeTransition, ConfChangeV2, MessageType};
+use raft::{RawNode, Ready, SnapshotStatus, StateRole, Storage as _};
+use tracing::{debug, info, warn};
+
+use super::apply::ApplyTask;
+use super::context::{PdTask, PollContext};
+use super::msg::{
+    ApplyResult, Callback, CmdError, ExecResult, KeyRange, PeerMsg, ReadCallback, ReadResponse,
+};
+use super::storage::{write_region_state, PeerStorage, StorageFault};
+use super::util;
+use crate::engine::{CF_RAFT, DATA_CFS};
+use crate::keys;
+
+struct Proposal {
+    index: u64,
+    term: u64,
+    callback: Callback,
+}
+
+struct PendingRead {
+    batch: u64,
+    index: Option<u64>,
+    header: RaftRequestHeader,
+    ranges: Vec<KeyRange>,
+    callback: ReadCallback,
+}
+
+/// A region peer hosted by this store.
+pub struct Peer {
+    region_id: u64,
+    meta: metapb::Peer,
+    raft: RawNode<PeerStorage>,
+    proposals: VecDeque<Proposal>,
+    reads: VecDeque<PendingRead>,
+    next_read_batch: u64,
+    unsent_read_batch: Option<u64>,
+    peer_cache: HashMap<u64, metapb::Peer>,
+    ticks: u64,
+    written_bytes: u64,
+    written_keys: u64,
+    bytes_since_split_check: u64,
+    split_siblings: Vec<u64>,
+    ready: Option<(Ready, Vec<eraftpb::Entry>, bool)>,
+    destroyed: bool,
+}
+
+impl Peer {
+    /// Builds the peer `meta` of `region` from what the engine holds.
+    pub fn create(
+        ctx: &PollContext,
+        region: metapb::Region,
+        meta: metapb::Peer,
+    ) -> Result<Peer, StorageFault> {
+        let storage = PeerStorage::load(ctx.engine.clone(), region)?;
+        let cfg = raft::Config {
+            id: meta.id,
+            election_tick: ctx.cfg.election_ticks,
+            heartbeat_tick: ctx.cfg.heartbeat_ticks,
+            applied: storage.applied_index(),
+            check_quorum: true,
+            pre_vote: true,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            ..Default::default()
+        };
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let raft = RawNode::new(&cfg, storage, &logger).map_err(|e| StorageFault::Corrupt {
+            what: "raft state",
+            region_id: meta.id,
+            reason: e.to_string(),
+        })?;
+        let mut peer = Peer {
+            region_id: raft.store().region().id,
+            meta,
+            raft,
+            proposals: VecDeque::new(),
+            reads: VecDeque::new(),
+            next_read_batch: 1,
+            unsent_read_batch: None,
+            peer_cache: HashMap::new(),
+            ticks: 0,
+            written_bytes: 0,
+            written_keys: 0,
+            bytes_since_split_check: 0,
+            split_siblings: Vec::new(),
+            ready: None,
+            destroyed: false,
+        };
+        peer.refresh_peer_cache();
+        Ok(peer)
+    }
+
+    /// The region this peer belongs to.
+    pub fn region_id(&self) -> u64 {
+        self.region_id
+    }
+
+    /// The region as this peer knows it.
+    pub fn region(&self) -> &metapb::Region {
+        self.raft.store().region()
+    }
+
+    /// Whether this peer is its region's leader.
+    pub fn is_leader(&self) -> bool {
+        self.raft.raft.state == StateRole::Leader
+    }
+
+    /// Whether the peer was destroyed and must not run again.
+    pub fn is_destroyed(&self) -> bool {
+        self.destroyed
+    }
+
+    /// Makes this peer start an election (a freshly split region whose
+    /// parent was led here).
+    pub fn campaign(&mut self) {
+        let _ = self.raft.campaign();
+    }
+
+    fn refresh_peer_cache(&mut self) {
+        let peers = self.region().peers.clone();
+        for p in peers {
+            self.peer_cache.insert(p.id, p);
+        }
+    }
+
+    fn leader(&self) -> Option<metapb::Peer> {
+        self.peer_cache.get(&self.raft.raft.leader_id).cloned()
+    }
+
+    /// Handles one message.
+    pub fn handle(&mut self, ctx: &mut PollContext, msg: PeerMsg) {
+        if self.destroyed {
+            return;
+        }
+        match msg {
+            PeerMsg::Raft(m) => self.on_raft_message(ctx, m),
+            PeerMsg::Command { request, callback } => self.propose(ctx, request, callback),
+            PeerMsg::Read {
+                header,
+                ranges,
+                callback,
+            } => self.on_read(header, ranges, callback),
+            PeerMsg::Tick => self.on_tick(ctx),
+            PeerMsg::Applied(result) => self.on_applied(ctx, result),
+            PeerMsg::TransferLeader(to) => {
+                if self.is_leader() && to.id != self.meta.id {
+                    info!(
+                        region_id = self.region_id,
+                        to = to.id,
+                        "transferring leadership"
+                    );
+                    self.raft.transfer_leader(to.id);
+                }
+            }
+            PeerMsg::SnapshotStatus {
+                to_peer_id,
+                delivered,
+            } => {
+                let status = if delivered {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.raft.report_snapshot(to_peer_id, status);
+            }
+            PeerMsg::Destroy => self.destroy(ctx),
+        }
+    }
+
+    fn on_raft_message(&mut self, ctx: &mut PollContext, m: RaftMessage) {
+        let epoch = m.region_epoch.unwrap_or_default();
+        let ours = self.region().region_epoch.unwrap_or_default();
+        if m.is_tombstone {
+            // Only a newer configuration may remove us.
+            if epoch.conf_ver > ours.conf_ver || !self.raft.store().is_initialized() {
+                info!(region_id = self.region_id, "peer told it was removed");
+                self.destroy(ctx);
+            }
+            return;
+        }
+        let Some(from) = m.from_peer else {
+            return;
+        };
+        let known = self.region().peers.iter().any(|p| p.id == from.id);
+        if !known && self.raft.store().is_initialized() && epoch.conf_ver < ours.conf_ver {
+            // A removed peer still talking: tell it so it destroys itself.
+            ctx.send(self.tombstone_for(&from));
+            return;
+        }
+        let msg = match eraftpb::Message::parse_from_bytes(&m.message) {
+            Ok(msg) => msg,
+            Err(e) => {
+                warn!(
+                    region_id = self.region_id,
+                    "dropping undecodable raft message: {e}"
+                );
+                return;
+            }
+        };
+        if msg.get_msg_type() == MessageType::MsgSnapshot && !self.accept_snapshot(ctx, &msg) {
+            return;
+        }
+        self.peer_cache.insert(from.id, from);
+        if let Err(e) = self.raft.step(msg) {
+            debug!(region_id = self.region_id, "raft step: {e}");
+        }
+    }
+
+    fn accept_snapshot(&self, ctx: &PollContext, msg: &eraftpb::Message) -> bool {
+        let Ok(payload) = RegionSnapshot::decode(&msg.get_snapshot().data[..]) else {
+            return false;
+        };
+        let Some(region) = payload.region else {
+            return false;
+        };
+        let overlap =
+            ctx.meta
+                .lock()
+                .overlapping(&region.start_key, &region.end_key, self.region_id);
+        if let Some(other) = overlap {
+            info!(
+                region_id = self.region_id,
+                other, "snapshot overlaps another region; dropped"
+            );
+            return false;
+        }
+        true
+    }
+
+    fn tombstone_for(&self, to: &metapb::Peer) -> RaftMessage {
+        RaftMessage {
+            region_id: self.region_id,
+            from_peer: Some(self.meta),
+            to_peer: Some(*to),
+            region_epoch: self.region().region_epoch,
+            is_tombstone: true,
+            ..Default::default()
+        }
+    }
+
+    fn check_leader(&self) -> Result<(), CmdError> {
+        if self.is_leader() {
+            Ok(())
+        } else {
+            Err(CmdError::not_leader(self.region_id, self.leader()))
+        }
+    }
+
+    fn check_epoch(
+        &self,
+        ctx: &PollContext,
+        header: &RaftRequestHeader,
+        conf_ver: bool,
+    ) -> Result<(), CmdError> {
+        util::check_epoch(self.region(), header.region_epoch.as_ref(), conf_ver).map_err(|e| {
+            if let CmdError::Region(_) = e {
+                // Hand back the regions that now cover the old range.
+                let meta = ctx.meta.lock();
+                let mut current = vec![self.region().clone()];
+                current.extend(
+                    self.split_siblings
+                        .iter()
+                        .filter_map(|id| meta.region(*id).cloned()),
+                );
+                util::epoch_not_match(self.region_id, current)
+            } else {
+                e
+            }
+        })
+    }
+
+    fn propose(&mut self, ctx: &mut PollContext, request: RaftCmdRequest, callback: Callback) {
+        if let Err(e) = self.check_proposal(ctx, &request) {
+            let _ = callback.send(Err(e));
+            return;
+        }
+        let last_before = self.raft.raft.raft_log.last_index();
+        let result = match request.admin_request.as_ref().and_then(|a| a.cmd.as_ref()) {
+            Some(admin_request::Cmd::ChangePeerV2(change)) => {
+                let mut cc = ConfChangeV2::default();
+                for c in &change.changes {
+                    let mut single = ConfChangeSingle::default();
+                    single.set_change_type(match c.change_type() {
+                        ConfChangeType::AddNode => eraftpb::ConfChangeType::AddNode,
+                        ConfChangeType::RemoveNode => eraftpb::ConfChangeType::RemoveNode,
+                        ConfChangeType::AddLearnerNode => eraftpb::ConfChangeType::AddLearnerNode,
+                    });
+                    single.node_id = c.peer.as_ref().map_or(0, |p| p.id);
+                    cc.mut_changes().push(single);
+                }
+                if change.changes.len() > 1 {
+                    cc.set_transition(ConfChangeTransition::Auto);
+                }
+                self.raft.propose_conf_change(request.encode_to_vec(), cc)
+            }
+            _ => self.raft.propose(Vec::new(), request.encode_to_vec()),
+        };
+        let index = self.raft.raft.raft_log.last_index();
+        match result {
+            Ok(()) if index > last_before => {
+                ctx.pending_proposals.fetch_add(1, Ordering::Relaxed);
+                self.proposals.push_back(Proposal {
+                    index,
+                    term: self.raft.raft.term,
+                    callback,
+                });
+            }
+            Ok(()) => {
+                let _ = callback.send(Err(CmdError::not_leader(self.region_id, self.leader())));
+            }
+            Err(e) => {
+                let _ = callback.send(Err(CmdError::InvalidArgument(format!(
+                    "raft refused the proposal: {e}"
+                ))));
+            }
+        }
+    }
+
+    fn check_proposal(&self, ctx: &PollContext, request: &RaftCmdRequest) -> Result<(), CmdError> {
+        self.check_leader()?;
+        let header = request.header.unwrap_or_default();
+        self.check_epoch(ctx, &header, request.admin_request.is_some())?;
+        for req in &request.requests {
+            util::check_request_keys(self.region(), req)?;
+        }
+        if ctx.pending_proposals.load(Ordering::Relaxed) >= ctx.cfg.max_pending_proposals {
+            return Err(CmdError::server_is_busy(
+                "too many writes waiting for raft",
+                50,
+            ));
+        }
+        Ok(())
+    }
+
+    fn on_read(
+        &mut self,
+        header: RaftRequestHeader,
+        ranges: Vec<KeyRange>,
+        callback: ReadCallback,
+    ) {
+        let check = self
+            .check_leader()
+            .and_then(|()| util::check_epoch(self.region(), header.region_epoch.as_ref(), false))
+            .and_then(|()| util::check_ranges(self.region(), &ranges));
+        if let Err(e) = check {
+            let _ = callback.send(Err(e));
+            return;
+        }
+        let batch = *self.unsent_read_batch.get_or_insert_with(|| {
+            let b = self.next_read_batch;
+            self.next_read_batch += 1;
+            b
+        });
+        self.reads.push_back(PendingRead {
+            batch,
+            index: None,
+            header,
+            ranges,
+            callback,
+        });
+    }
+
+    /// Asks raft for one read index covering every read that arrived in
+    /// this round.
+    pub fn flush_reads(&mut self) {
+        if let Some(batch) = self.unsent_read_batch.take() {
+            self.raft.read_index(batch.to_be_bytes().to_vec());
+        }
+    }
+
+    fn on_tick(&mut self, ctx: &mut PollContext) {
+        self.raft.tick();
+        self.ticks += 1;
+        if self.ticks.is_multiple_of(ctx.cfg.housekeeping_ticks) && self.is_leader() {
+            self.housekeeping(ctx);
+        }
+    }
+
+    fn housekeeping(&mut self, ctx: &mut PollContext) {
+        self.propose_log_gc(ctx);
+        if self.bytes_since_split_check >= ctx.cfg.split_check_diff {
+            self.bytes_since_split_check = 0;
+            ctx.pd(PdTask::SplitCheck {
+                region: self.region().clone(),
+                force: false,
+            });
+        }
+        self.heartbeat_pd(ctx);
+    }
+
+    fn heartbeat_pd(&mut self, ctx: &mut PollContext) {
+        let last = self.raft.raft.raft_log.last_index();
+        let pending_peers = self
+            .raft
+            .raft
+            .prs()
+            .iter()
+            .filter(|(_, pr)| pr.matched + ctx.cfg.raft_log_gc_max_lag < last)
+            .filter_map(|(id, _)| self.peer_cache.get(id).cloned())
+            .collect();
+        ctx.pd(PdTask::RegionHeartbeat {
+            region: self.region().clone(),
+            leader: self.meta,
+            pending_peers,
+            written_bytes: std::mem::take(&mut self.written_bytes),
+            written_keys: std::mem::take(&mut self.written_keys),
+            term: self.raft.raft.term,
+        });
+    }
+
+    fn propose_log_gc(&mut self, ctx: &mut PollContext) {
+        let applied = self.raft.store().applied_index();
+        let first = self.raft.store().first_index().unwrap_or(1);
+        if applied < first || applied - first + 1 < ctx.cfg.raft_log_gc_threshold {
+            return;
+        }
+        let min_matched = self
+            .raft
+            .raft
+            .prs()
+            .iter()
+            .map(|(_, pr)| pr.matched)
+            .min()
+            .unwrap_or(applied);
+        // Keep what lagging followers still need, within a bounded lag.
+        let compact = if applied - min_matched.min(applied) > ctx.cfg.raft_log_gc_max_lag {
+            applied
+        } else {
+            min_matched.min(applied)
+        };
+        if compact < first {
+            return;
+        }
+        let Ok(term) = self.raft.raft.raft_log.term(compact) else {
+            return;
+        };
+        let request = RaftCmdRequest {
+            header: Some(self.header()),
+            requests: Vec::new(),
+            admin_request: Some(AdminRequest {
+                cmd: Some(admin_request::Cmd::CompactLog(CompactLogRequest {
+                    compact_index: compact,
+                    compact_term: term,
+                })),
+            }),
+        };
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        self.propose(ctx, request, tx);
+    }
+
+    /// A request header addressed to this peer at the current epoch.
+    pub fn header(&self) -> RaftRequestHeader {
+        RaftRequestHeader {
+            region_id: self.region_id,
+            peer: Some(self.meta),
+            region_epoch: self.region().region_epoch,
+            proposal_id: 0,
+        }
+    }
+
+    fn on_applied(&mut self, ctx: &mut PollContext, result: ApplyResult) {
+        self.written_bytes += result.written_bytes;
+        self.written_keys += result.written_keys;
+        self.bytes_since_split_check += result.written_bytes;
+        let applied = result.apply_state.applied_index;
+        self.raft.mut_store().set_apply_state(result.apply_state);
+        for exec in result.exec_results {
+            match exec {
+                ExecResult::ConfChange { cc, region } => self.on_conf_change(ctx, cc, region),
+                ExecResult::Split { derived, regions } => self.on_split(ctx, derived, regions),
+                ExecResult::CompactLog { index } => {
+                    self.raft.store().compact_log_to(index, &mut ctx.wb)
+                }
+            }
+            if self.destroyed {
+                return;
+            }
+        }
+        self.raft.advance_apply_to(applied);
+        self.serve_reads(ctx);
+    }
+
+    fn on_conf_change(&mut self, ctx: &mut PollContext, cc: ConfChangeV2, region: metapb::Region) {
+        if let Err(e) = self.raft.apply_conf_change(&cc) {
+            warn!(
+                region_id = self.region_id,
+                "raft refused an applied conf change: {e}"
+            );
+        }
+        self.raft.mut_store().set_region(region.clone());
+        self.refresh_peer_cache();
+        ctx.meta.lock().set_region(&region);
+        if !region.peers.iter().any(|p| p.id == self.meta.id) {
+            info!(
+                region_id = self.region_id,
+                "this peer was removed from its region"
+            );
+            self.destroy(ctx);
+            return;
+        }
+        if let Some(me) = region.peers.iter().find(|p| p.id == self.meta.id) {
+            self.meta = *me;
+        }
+        if self.is_leader() {
+            self.heartbeat_pd(ctx);
+        }
+    }
+
+    fn on_split(
+        &mut self,
+        ctx: &mut PollContext,
+        derived: metapb::Region,
+        regions: Vec<metapb::Region>,
+    ) {
+        self.raft.mut_store().set_region(derived.clone());
+        let was_leader = self.is_leader();
+        let mut meta = ctx.meta.lock();
+        meta.set_region(&derived);
+        self.split_siblings.clear();
+        for r in regions.iter().filter(|r| r.id != self.region_id) {
+            self.split_siblings.push(r.id);
+            meta.set_region(r);
+        }
+        drop(meta);
+        for r in regions.iter().filter(|r| r.id != self.region_id) {
+            if ctx.router.contains(r.id) {
+                continue;
+            }
+            let Some(me) = r.peers.iter().find(|p| p.store_id == ctx.store_id).cloned() else {
+                continue;
+            };
+            match Peer::create(ctx, r.clone(), me) {
+                Ok(mut peer) => {
+                    if was_leader {
+                        peer.campaign();
+                    }
+                    ctx.apply.schedule(
+                        r.id,
+                        ApplyTask::Register {
+                            region: r.clone(),
+                            apply_state: *peer.raft.store().apply_state(),
+                        },
+                    );
+                    ctx.router.register(peer);
+                }
+                Err(e) => warn!(region_id = r.id, "cannot create split region: {e}"),
+            }
+        }
+        if was_leader {
+            ctx.pd(PdTask::ReportSplit { regions });
+            self.heartbeat_pd(ctx);
+        }
+    }
+
+    /// Stops the peer for good: its raft log, states and data are deleted
+    /// and a tombstone is left so it can never vote again.
+    pub fn destroy(&mut self, ctx: &mut PollContext) {
+        if self.destroyed {
+            return;
+        }
+        self.destroyed = true;
+        info!(
+            region_id = self.region_id,
+            peer_id = self.meta.id,
+            "destroying peer"
+        );
+        ctx.apply.fence(self.region_id);
+        ctx.apply.schedule(
+            self.region_id,
+            ApplyTask::Destroy {
+                region_id: self.region_id,
+            },
+        );
+        let region = self.region().clone();
+        let wb = &mut ctx.wb;
+        let (raft_start, raft_end) = keys::region_raft_range(self.region_id);
+        wb.delete_range_cf(CF_RAFT, &raft_start, &raft_end)
+            .expect("raft cf exists");
+        if self.raft.store().is_initialized() {
+            let start = keys::data_key(&region.start_key);
+            let end = keys::data_end_key(&region.end_key);
+            for cf in DATA_CFS {
+                wb.delete_range_cf(cf, &start, &end)
+                    .expect("data cfs exist");
+            }
+        }
+        let mut tombstone = region;
+        tombstone.peers.retain(|p| p.id == self.meta.id);
+        if tombstone.peers.is_empty() {
+            tombstone.peers.push(self.meta);
+        }
+        write_region_state(wb, &tombstone, PeerState::Tombstone);
+        ctx.meta.lock().remove(self.region_id);
+        ctx.router.close(self.region_id);
+        for p in self.proposals.drain(..) {
+            ctx.pending_proposals.fetch_sub(1, Ordering::Relaxed);
+            let _ = p
+                .callback
+                .send(Err(CmdError::region_not_found(self.region_id)));
+        }
+        for r in self.reads.drain(..) {
+            let _ = r
+                .callback
+                .send(Err(CmdError::region_not_found(self.region_id)));
+        }
+        self.ready = None;
+    }
+
+    /// Takes the raft `Ready`, adding its log entries, hard state and any
+    /// snapshot to the round's write batch. Messages that may leave before
+    /// the write are queued for sending after it too.
+    pub fn collect_ready(&mut self, ctx: &mut PollContext) {
+        if self.destroyed || !self.raft.has_ready() {
+            return;
+        }
+        let mut rd = self.raft.ready();
+        if let Some(ss) = rd.ss() {
+            self.on_role_change(ctx, ss.raft_state);
+        }
+        for m in rd.take_messages() {
+            self.send_raft(ctx, m);
+        }
+        let mut snapshot_applied = false;
+        if !rd.snapshot().is_empty() {
+            ctx.apply.fence(self.region_id);
+            match self
+                .raft
+                .mut_store()
+                .apply_snapshot(rd.snapshot(), &mut ctx.wb)
+            {
+                Ok(()) => {
+                    snapshot_applied = true;
+                    info!(
+                        region_id = self.region_id,
+                        index = rd.snapshot().get_metadata().index,
+                        "applied snapshot"
+                    );
+                }
+                Err(e) => panic!("region {} cannot apply a snapshot: {e}", self.region_id),
+            }
+        }
+        let committed = rd.take_committed_entries();
+        let store = self.raft.mut_store();
+        store.append(rd.entries(), &mut ctx.wb);
+        if let Some(hs) = rd.hs() {
+            store.set_hard_state(hs);
+        }
+        if snapshot_applied || !rd.entries().is_empty() || rd.hs().is_some() {
+            store.write_raft_state(&mut ctx.wb);
+        }
+        for rs in rd.read_states() {
+            let Ok(bytes) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
+                continue;
+            };
+            let batch = u64::from_be_bytes(bytes);
+            for r in self.reads.iter_mut().filter(|r| r.batch == batch) {
+                r.index = Some(rs.index);
+            }
+        }
+        self.ready = Some((rd, committed, snapshot_applied));
+    }
+
+    /// Finishes the round after the write: sends messages that needed the
+    /// log on disk and hands committed entries to the apply pool.
+    pub fn post_ready(&mut self, ctx: &mut PollContext) {
+        let Some((mut rd, committed, snapshot_applied)) = self.ready.take() else {
+            return;
+        };
+        if snapshot_applied {
+            let region = self.region().clone();
+            ctx.meta.lock().set_region(&region);
+            self.refresh_peer_cache();
+            ctx.apply.schedule(
+                self.region_id,
+                ApplyTask::Register {
+                    region,
+                    apply_state: *self.raft.store().apply_state(),
+                },
+            );
+        }
+        self.dispatch_committed(ctx, committed);
+        for m in rd.take_persisted_messages() {
+            self.send_raft(ctx, m);
+        }
+        let mut light = self.raft.advance_append(rd);
+        for m in light.take_messages() {
+            self.send_raft(ctx, m);
+        }
+        self.dispatch_committed(ctx, light.take_committed_entries());
+        if snapshot_applied {
+            self.serve_reads(ctx);
+        }
+    }
+
+    fn on_role_change(&mut self, ctx: &mut PollContext, role: StateRole) {
+        let leader = role == StateRole::Leader;
+        {
+            let mut meta = ctx.meta.lock();
+            if leader {
+                meta.leaders.insert(self.region_id);
+            } else {
+                meta.leaders.remove(&self.region_id);
+            }
+        }
+        if leader {
+            info!(
+                region_id = self.region_id,
+                term = self.raft.raft.term,
+                "became leader"
+            );
+            self.heartbeat_pd(ctx);
+        } else {
+            let hint = self.leader();
+            for r in self.reads.drain(..) {
+                let _ = r
+                    .callback
+                    .send(Err(CmdError::not_leader(self.region_id, hint)));
+            }
+        }
+    }
+
+    fn dispatch_committed(&mut self, ctx: &mut PollContext, entries: Vec<eraftpb::Entry>) {
+        let Some(last) = entries.last().map(|e| e.index) else {
+            return;
+        };
+        let mut callbacks = Vec::new();
+        while self.proposals.front().is_some_and(|p| p.index <= last) {
+            let p = self.proposals.pop_front().expect("front exists");
+            ctx.pending_proposals.fetch_sub(1, Ordering::Relaxed);
+            callbacks.push((p.index, p.term, p.callback));
+        }
+        ctx.apply.schedule(
+            self.region_id,
+            ApplyTask::Apply {
+                region_id: self.region_id,
+                entries,
+                callbacks,
+            },
+        );
+    }
+
+    fn serve_reads(&mut self, ctx: &PollContext) {
+        let applied = self.raft.store().applied_index();
+        while self
+            .reads
+            .front()
+            .is_some_and(|r| r.index.is_some_and(|i| i <= applied))
+        {
+            let r = self.reads.pop_front().expect("front exists");
+            let check = util::check_epoch(self.region(), r.header.region_epoch.as_ref(), false)
+                .and_then(|()| util::check_ranges(self.region(), &r.ranges));
+            let answer = check.map(|()| ReadResponse {
+                snapshot: ctx.engine.snapshot(),
+                region: self.region().clone(),
+            });
+            let _ = r.callback.send(answer);
+        }
+    }
+
+    fn send_raft(&self, ctx: &mut PollContext, m: eraftpb::Message) {
+        let Some(to) = self.peer_cache.get(&m.to).cloned() else {
+            debug!(
+                region_id = self.region_id,
+                to = m.to,
+                "no address for raft message"
+            );
+            return;
+        };
+        let region = self.region();
+        ctx.send(RaftMessage {
+            region_id: self.region_id,
+            from_peer: Some(self.meta),
+            to_peer: Some(to),
+            region_epoch: region.region_epoch,
+            start_key: region.start_key.clone(),
+            end_key: region.end_key.clone(),
+            message: m.write_to_bytes().expect("raft messages encode"),
+            is_tombstone: false,
+        });
+    }
+
+    /// The peers whose role is voter in the current configuration.
+    pub fn voters(&self) -> Vec<metapb::Peer> {
+        self.region()
+            .peers
+            .iter()
+            .filter(|p| matches!(p.role(), PeerRole::Voter | PeerRole::IncomingVoter))
+            .cloned()
+            .collect()
+    }
+}

@@ -1,0 +1,90 @@
+//! The raft pollers and the store clock.
+//!
+//! A poller takes up to `max_batch_regions` scheduled peers from the ready
+//! queue, runs their messages, collects their raft `Ready`s into ONE write
+//! batch, writes it with ONE fsync (group commit), and only then sends their
+//! messages and hands committed entries to the apply pool.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::context::{PollContext, StoreServices};
+use super::msg::PeerMsg;
+use super::router::{ReadyQueue, StoreRouter};
+
+/// Messages taken from one mailbox per round, so that a flood to one region
+/// cannot starve the others.
+const MAX_MESSAGES_PER_PEER: usize = 4096;
+
+/// Starts `count` pollers over `ready`; they stop when `stop` is set.
+pub fn start_pollers(
+    count: usize,
+    services: &StoreServices,
+    ready: ReadyQueue,
+    stop: Arc<AtomicBool>,
+) -> Vec<JoinHandle<()>> {
+    (0..count.max(1))
+        .map(|i| {
+            let mut ctx = PollContext::new(services.clone());
+            let ready = ready.clone();
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name(format!("raft-{i}"))
+                .spawn(move || poll(&mut ctx, &ready, &stop))
+                .expect("spawn raft poller")
+        })
+        .collect()
+}
+
+fn poll(ctx: &mut PollContext, ready: &ReadyQueue, stop: &AtomicBool) {
+    while !stop.load(Ordering::Acquire) {
+        let Ok(first) = ready.recv_timeout(Duration::from_millis(100)) else {
+            continue;
+        };
+        let batch: Vec<_> = std::iter::once(first)
+            .chain(
+                ready
+                    .try_iter()
+                    .take(ctx.cfg.max_batch_regions.saturating_sub(1)),
+            )
+            .collect();
+        let mut peers = Vec::with_capacity(batch.len());
+        for mailbox in &batch {
+            let mut peer = mailbox.peer.lock();
+            for msg in mailbox.drain(MAX_MESSAGES_PER_PEER) {
+                peer.handle(ctx, msg);
+            }
+            peer.flush_reads();
+            peer.collect_ready(ctx);
+            peers.push(peer);
+        }
+        ctx.write_round();
+        for peer in &mut peers {
+            peer.post_ready(ctx);
+        }
+        drop(peers);
+        ctx.flush_messages();
+        for mailbox in &batch {
+            ctx.router.release(mailbox);
+        }
+    }
+}
+
+/// Starts the store clock: every `interval` it ticks every peer.
+pub fn start_ticker(
+    router: StoreRouter,
+    interval: Duration,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("store-clock".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                std::thread::sleep(interval);
+                router.broadcast(|| PeerMsg::Tick);
+            }
+        })
+        .expect("spawn store clock")
+}

@@ -1,0 +1,439 @@
+//! Raft storage of one region peer over the store's shared engine.
+//!
+//! Implements raft-rs's [`Storage`] by reading the region's log and states
+//! from the `raft` column family. Writes never go straight to the engine:
+//! they are added to the write batch of the poll round (group commit), and
+//! the in-memory states here are updated in step.
+
+use concord_proto::metapb::{self, PeerRole};
+use concord_proto::raft_serverpb::{
+    PeerState, RaftApplyState, RaftLocalState, RaftTruncatedState, RegionLocalState,
+    RegionSnapshot, SnapshotEntry,
+};
+use prost::Message as _;
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError};
+
+use crate::engine::{Engine, Reader, WriteBatch, CF_RAFT, DATA_CFS};
+use crate::keys;
+
+/// Index and term of the first log position of a region created by
+/// bootstrap or split: its peers start with identical, already-applied logs.
+pub const RAFT_INIT_LOG_INDEX: u64 = 5;
+/// See [`RAFT_INIT_LOG_INDEX`].
+pub const RAFT_INIT_LOG_TERM: u64 = 5;
+
+/// Errors while loading or saving raft state.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageFault {
+    /// The engine failed.
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    /// Persisted state could not be decoded.
+    #[error("corrupt {what} of region {region_id}: {reason}")]
+    Corrupt {
+        /// Which state.
+        what: &'static str,
+        /// The region it belongs to.
+        region_id: u64,
+        /// The decoder's complaint.
+        reason: String,
+    },
+}
+
+fn corrupt(what: &'static str, region_id: u64, reason: impl ToString) -> StorageFault {
+    StorageFault::Corrupt {
+        what,
+        region_id,
+        reason: reason.to_string(),
+    }
+}
+
+fn to_raft_error(e: StorageFault) -> raft::Error {
+    raft::Error::Store(StorageError::Other(Box::new(e)))
+}
+
+/// Reads a prost message from the `raft` column family.
+pub fn read_state<M: prost::Message + Default>(
+    reader: &impl Reader,
+    key: &[u8],
+    what: &'static str,
+    region_id: u64,
+) -> Result<Option<M>, StorageFault> {
+    match reader.get_cf(CF_RAFT, key)? {
+        None => Ok(None),
+        Some(bytes) => M::decode(bytes.as_slice())
+            .map(Some)
+            .map_err(|e| corrupt(what, region_id, e)),
+    }
+}
+
+/// Adds a prost message to the `raft` column family in `wb`.
+pub fn write_state(wb: &mut WriteBatch, key: &[u8], state: &impl prost::Message) {
+    wb.put_cf(CF_RAFT, key, &state.encode_to_vec())
+        .expect("the raft column family exists");
+}
+
+/// The raft configuration a region's peer list describes.
+pub fn conf_state_of(region: &metapb::Region) -> ConfState {
+    let mut cs = ConfState::default();
+    let joint = region
+        .peers
+        .iter()
+        .any(|p| matches!(p.role(), PeerRole::IncomingVoter | PeerRole::DemotingVoter));
+    for p in &region.peers {
+        match p.role() {
+            PeerRole::Voter => {
+                cs.voters.push(p.id);
+                if joint {
+                    cs.voters_outgoing.push(p.id);
+                }
+            }
+            PeerRole::IncomingVoter => cs.voters.push(p.id),
+            PeerRole::DemotingVoter => {
+                cs.voters_outgoing.push(p.id);
+                cs.learners_next.push(p.id);
+            }
+            PeerRole::Learner => cs.learners.push(p.id),
+        }
+    }
+    cs
+}
+
+/// Adds the states of a freshly created (bootstrapped or split-off) region.
+pub fn write_initial_states(wb: &mut WriteBatch, region: &metapb::Region) {
+    let raft_state = RaftLocalState {
+        term: RAFT_INIT_LOG_TERM,
+        vote: 0,
+        commit: RAFT_INIT_LOG_INDEX,
+        last_index: RAFT_INIT_LOG_INDEX,
+    };
+    let apply_state = initial_apply_state(RAFT_INIT_LOG_INDEX, RAFT_INIT_LOG_TERM);
+    write_state(wb, &keys::raft_state_key(region.id), &raft_state);
+    write_state(wb, &keys::apply_state_key(region.id), &apply_state);
+    write_region_state(wb, region, PeerState::Normal);
+}
+
+/// Adds a region's local state.
+pub fn write_region_state(wb: &mut WriteBatch, region: &metapb::Region, state: PeerState) {
+    let local = RegionLocalState {
+        state: state as i32,
+        region: Some(region.clone()),
+    };
+    write_state(wb, &keys::region_state_key(region.id), &local);
+}
+
+fn initial_apply_state(index: u64, term: u64) -> RaftApplyState {
+    RaftApplyState {
+        applied_index: index,
+        applied_term: term,
+        truncated_state: Some(RaftTruncatedState { index, term }),
+    }
+}
+
+/// The raft log, hard state and apply position of one region peer.
+pub struct PeerStorage {
+    engine: Engine,
+    region: metapb::Region,
+    raft_state: RaftLocalState,
+    apply_state: RaftApplyState,
+    last_term: u64,
+}
+
+impl PeerStorage {
+    /// Loads a peer's storage from the engine. A region without persisted
+    /// raft state is an uninitialized peer (created to receive a snapshot).
+    pub fn load(engine: Engine, region: metapb::Region) -> Result<PeerStorage, StorageFault> {
+        let id = region.id;
+        let raft_state: RaftLocalState =
+            read_state(&engine, &keys::raft_state_key(id), "raft state", id)?.unwrap_or_default();
+        let apply_state: RaftApplyState =
+            read_state(&engine, &keys::apply_state_key(id), "apply state", id)?
+                .unwrap_or_else(|| initial_apply_state(0, 0));
+        let mut storage = PeerStorage {
+            engine,
+            region,
+            raft_state,
+            apply_state,
+            last_term: 0,
+        };
+        let last = storage.raft_state.last_index;
+        storage.last_term = storage.term_of(last)?;
+        Ok(storage)
+    }
+
+    /// The region as this peer knows it.
+    pub fn region(&self) -> &metapb::Region {
+        &self.region
+    }
+
+    /// Replaces the in-memory region (after a conf change or split was applied).
+    pub fn set_region(&mut self, region: metapb::Region) {
+        self.region = region;
+    }
+
+    /// Whether the peer has a range and a log (it is not waiting for its
+    /// first snapshot).
+    pub fn is_initialized(&self) -> bool {
+        !self.region.peers.is_empty()
+    }
+
+    /// The apply position the raft thread last heard of.
+    pub fn apply_state(&self) -> &RaftApplyState {
+        &self.apply_state
+    }
+
+    /// Records the apply worker's progress.
+    pub fn set_apply_state(&mut self, state: RaftApplyState) {
+        self.apply_state = state;
+    }
+
+    /// Index of the last applied entry.
+    pub fn applied_index(&self) -> u64 {
+        self.apply_state.applied_index
+    }
+
+    /// Index of the last entry in the log.
+    pub fn last_index(&self) -> u64 {
+        self.raft_state.last_index
+    }
+
+    fn truncated(&self) -> RaftTruncatedState {
+        self.apply_state.truncated_state.unwrap_or_default()
+    }
+
+    fn term_of(&self, idx: u64) -> Result<u64, StorageFault> {
+        let truncated = self.truncated();
+        if idx == truncated.index {
+            return Ok(truncated.term);
+        }
+        let id = self.region.id;
+        match self.engine.get_cf(CF_RAFT, &keys::raft_log_key(id, idx))? {
+            Some(bytes) => Entry::parse_from_bytes(&bytes)
+                .map(|e| e.term)
+                .map_err(|e| corrupt("log entry", id, e)),
+            None => Err(corrupt("log", id, format!("entry {idx} is missing"))),
+        }
+    }
+
+    /// Adds `entries` (from a raft Ready) to `wb`, replacing any conflicting
+    /// tail of the log.
+    pub fn append(&mut self, entries: &[Entry], wb: &mut WriteBatch) {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return;
+        };
+        let id = self.region.id;
+        for e in entries {
+            wb.put_cf(
+                CF_RAFT,
+                &keys::raft_log_key(id, e.index),
+                &e.write_to_bytes().expect("entries always encode"),
+            )
+            .expect("the raft column family exists");
+        }
+        if last.index < self.raft_state.last_index {
+            wb.delete_range_cf(
+                CF_RAFT,
+                &keys::raft_log_key(id, last.index + 1),
+                &keys::raft_log_key(id, self.raft_state.last_index + 1),
+            )
+            .expect("the raft column family exists");
+        }
+        debug_assert!(first.index > self.truncated().index);
+        self.raft_state.last_index = last.index;
+        self.last_term = last.term;
+    }
+
+    /// Records a new hard state.
+    pub fn set_hard_state(&mut self, hs: &HardState) {
+        self.raft_state.term = hs.term;
+        self.raft_state.vote = hs.vote;
+        self.raft_state.commit = hs.commit;
+    }
+
+    /// Adds the raft state (hard state and last index) to `wb`.
+    pub fn write_raft_state(&self, wb: &mut WriteBatch) {
+        write_state(wb, &keys::raft_state_key(self.region.id), &self.raft_state);
+    }
+
+    /// Deletes the log entries up to and including `index`, which the apply
+    /// worker has already recorded as truncated.
+    pub fn compact_log_to(&self, index: u64, wb: &mut WriteBatch) {
+        let id = self.region.id;
+        wb.delete_range_cf(
+            CF_RAFT,
+            &keys::raft_log_key(id, 0),
+            &keys::raft_log_key(id, index + 1),
+        )
+        .expect("the raft column family exists");
+    }
+
+    /// Replaces the region's data and log with a snapshot's, in `wb`.
+    pub fn apply_snapshot(
+        &mut self,
+        snap: &Snapshot,
+        wb: &mut WriteBatch,
+    ) -> Result<(), StorageFault> {
+        let id = self.region.id;
+        let payload =
+            RegionSnapshot::decode(&snap.data[..]).map_err(|e| corrupt("snapshot", id, e))?;
+        let region = payload
+            .region
+            .ok_or_else(|| corrupt("snapshot", id, "it carries no region"))?;
+        let start = keys::data_key(&region.start_key);
+        let end = keys::data_end_key(&region.end_key);
+        for cf in DATA_CFS {
+            wb.delete_range_cf(cf, &start, &end)?;
+        }
+        for e in &payload.entries {
+            wb.put_cf(&e.cf, &e.key, &e.value)?;
+        }
+        let (index, term) = (snap.get_metadata().index, snap.get_metadata().term);
+        wb.delete_range_cf(
+            CF_RAFT,
+            &keys::raft_log_key(id, 0),
+            &keys::raft_log_key(id, self.raft_state.last_index.max(index) + 1),
+        )?;
+        self.apply_state = initial_apply_state(index, term);
+        self.raft_state.last_index = index;
+        self.raft_state.commit = self.raft_state.commit.max(index);
+        self.raft_state.term = self.raft_state.term.max(term);
+        self.last_term = term;
+        write_state(wb, &keys::apply_state_key(id), &self.apply_state);
+        write_region_state(wb, &region, PeerState::Normal);
+        self.region = region;
+        Ok(())
+    }
+
+    fn generate_snapshot(&self) -> Result<Snapshot, StorageFault> {
+        let id = self.region.id;
+        let snap = self.engine.snapshot();
+        let apply: RaftApplyState =
+            read_state(&snap, &keys::apply_state_key(id), "apply state", id)?
+                .ok_or_else(|| corrupt("apply state", id, "missing"))?;
+        let local: RegionLocalState =
+            read_state(&snap, &keys::region_state_key(id), "region state", id)?
+                .ok_or_else(|| corrupt("region state", id, "missing"))?;
+        let region = local.region.unwrap_or_default();
+        let start = keys::data_key(&region.start_key);
+        let end = keys::data_end_key(&region.end_key);
+        let mut entries = Vec::new();
+        for cf in DATA_CFS {
+            snap.scan_cf(cf, &start, &end, false, |k, v| {
+                entries.push(SnapshotEntry {
+                    cf: cf.to_string(),
+                    key: k.to_vec(),
+                    value: v.to_vec(),
+                });
+                true
+            })?;
+        }
+        let mut out = Snapshot::default();
+        let meta = out.mut_metadata();
+        meta.index = apply.applied_index;
+        meta.term = apply.applied_term;
+        meta.set_conf_state(conf_state_of(&region));
+        out.data = RegionSnapshot {
+            region: Some(region),
+            entries,
+        }
+        .encode_to_vec()
+        .into();
+        Ok(out)
+    }
+}
+
+impl raft::Storage for PeerStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let hs = HardState {
+            term: self.raft_state.term,
+            vote: self.raft_state.vote,
+            commit: self.raft_state.commit,
+            ..Default::default()
+        };
+        Ok(RaftState::new(hs, conf_state_of(&self.region)))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low <= self.truncated().index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > self.raft_state.last_index + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let max_size = max_size.into().unwrap_or(u64::MAX);
+        let id = self.region.id;
+        let mut entries = Vec::with_capacity((high - low) as usize);
+        let mut size = 0u64;
+        let mut fault = None;
+        self.engine
+            .scan_cf(
+                CF_RAFT,
+                &keys::raft_log_key(id, low),
+                &keys::raft_log_key(id, high),
+                false,
+                |_, v| match Entry::parse_from_bytes(v) {
+                    Ok(e) => {
+                        size += v.len() as u64;
+                        if !entries.is_empty() && size > max_size {
+                            return false;
+                        }
+                        entries.push(e);
+                        true
+                    }
+                    Err(e) => {
+                        fault = Some(corrupt("log entry", id, e));
+                        false
+                    }
+                },
+            )
+            .map_err(|e| to_raft_error(e.into()))?;
+        if let Some(f) = fault {
+            return Err(to_raft_error(f));
+        }
+        let expected_last = entries.last().map(|e| e.index);
+        if entries.first().map(|e| e.index) != Some(low)
+            || expected_last != Some(low + entries.len() as u64 - 1)
+        {
+            return Err(to_raft_error(corrupt(
+                "log",
+                id,
+                format!("a gap in entries [{low}, {high})"),
+            )));
+        }
+        Ok(entries)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let truncated = self.truncated();
+        if idx < truncated.index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > self.raft_state.last_index {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        if idx == self.raft_state.last_index {
+            return Ok(self.last_term);
+        }
+        self.term_of(idx).map_err(to_raft_error)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.truncated().index + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.raft_state.last_index)
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        self.generate_snapshot().map_err(to_raft_error)
+    }
+}

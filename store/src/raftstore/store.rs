@@ -1,0 +1,281 @@
+//! A running store: bootstrap against PD, recovery of every region from the
+//! engine, and the threads that drive them.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use concord_common::pd_client::{PdClient, PdError};
+use concord_proto::metapb;
+use concord_proto::raft_serverpb::{PeerState, RegionLocalState, StoreIdent};
+use parking_lot::Mutex;
+use prost::Message as _;
+use tracing::{info, warn};
+
+use super::apply::{ApplyPool, ApplyTask};
+use super::config::RaftStoreConfig;
+use super::context::{PollContext, StoreServices, Transport};
+use super::meta::StoreMeta;
+use super::peer::Peer;
+use super::router::StoreRouter;
+use super::storage::{read_state, write_initial_states, StorageFault};
+use super::{pd_worker, poller};
+use crate::engine::{Engine, Reader, CF_RAFT};
+use crate::keys;
+
+/// Why a store could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Reading or writing local state failed.
+    #[error(transparent)]
+    Storage(#[from] StorageFault),
+    /// The engine failed.
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    /// PD could not be used.
+    #[error("PD: {0}")]
+    Pd(#[from] PdError),
+}
+
+/// Reads the store id this engine was bootstrapped with, if any.
+pub fn load_store_id(engine: &Engine) -> Result<Option<u64>, StorageFault> {
+    let ident: Option<StoreIdent> = read_state(engine, keys::STORE_IDENT_KEY, "store ident", 0)?;
+    Ok(ident.map(|i| i.store_id))
+}
+
+/// Marks the engine as belonging to `store_id` (synced).
+pub fn write_store_ident(engine: &Engine, store_id: u64) -> Result<(), StorageFault> {
+    let mut wb = engine.write_batch();
+    super::storage::write_state(
+        &mut wb,
+        keys::STORE_IDENT_KEY,
+        &StoreIdent {
+            cluster_id: 0,
+            store_id,
+        },
+    );
+    engine.write(wb, true)?;
+    Ok(())
+}
+
+/// Writes the first region of a new cluster into this store's engine (synced).
+pub fn write_first_region(engine: &Engine, region: &metapb::Region) -> Result<(), StorageFault> {
+    let mut wb = engine.write_batch();
+    write_initial_states(&mut wb, region);
+    engine.write(wb, true)?;
+    Ok(())
+}
+
+/// Every region state recorded in the engine.
+fn load_region_states(engine: &Engine) -> Result<Vec<RegionLocalState>, StorageFault> {
+    let (start, end) = keys::region_meta_range();
+    let mut states = Vec::new();
+    let mut fault = None;
+    engine.scan_cf(
+        CF_RAFT,
+        &start,
+        &end,
+        false,
+        |k, v| match RegionLocalState::decode(v) {
+            Ok(s) => {
+                states.push(s);
+                true
+            }
+            Err(e) => {
+                fault = Some(StorageFault::Corrupt {
+                    what: "region state",
+                    region_id: keys::region_id_of_state_key(k).unwrap_or(0),
+                    reason: e.to_string(),
+                });
+                false
+            }
+        },
+    )?;
+    match fault {
+        Some(f) => Err(f),
+        None => Ok(states),
+    }
+}
+
+/// Makes sure the engine has a store id and the cluster is bootstrapped,
+/// registering this store with PD. Returns the store id.
+pub async fn bootstrap(
+    engine: &Engine,
+    pd: &dyn PdClient,
+    mut store: metapb::Store,
+) -> Result<u64, StoreError> {
+    let store_id = match load_store_id(engine)? {
+        Some(id) => id,
+        None => {
+            let id = pd.alloc_id().await?;
+            write_store_ident(engine, id)?;
+            info!(store_id = id, "store bootstrapped");
+            id
+        }
+    };
+    store.id = store_id;
+    if !pd.is_bootstrapped().await? {
+        let existing = load_region_states(engine)?;
+        let region = match existing.into_iter().find_map(|s| s.region) {
+            Some(r) => r,
+            None => {
+                let region = metapb::Region {
+                    id: pd.alloc_id().await?,
+                    start_key: Vec::new(),
+                    end_key: Vec::new(),
+                    region_epoch: Some(metapb::RegionEpoch {
+                        conf_ver: 1,
+                        version: 1,
+                    }),
+                    peers: vec![metapb::Peer {
+                        id: pd.alloc_id().await?,
+                        store_id,
+                        role: metapb::PeerRole::Voter as i32,
+                    }],
+                };
+                write_first_region(engine, &region)?;
+                region
+            }
+        };
+        match pd.bootstrap(store.clone(), region.clone()).await {
+            Ok(()) => info!(
+                region_id = region.id,
+                "cluster bootstrapped with the first region"
+            ),
+            Err(PdError::AlreadyBootstrapped) => {
+                // Another store won the race; drop the region prepared here.
+                let mut wb = engine.write_batch();
+                let (start, end) = keys::region_raft_range(region.id);
+                wb.delete_range_cf(CF_RAFT, &start, &end)?;
+                wb.delete_cf(CF_RAFT, &keys::region_state_key(region.id))?;
+                engine.write(wb, true)?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    pd.put_store(store).await?;
+    Ok(store_id)
+}
+
+/// A running store: its pollers, apply threads, clock and PD worker.
+pub struct Store {
+    services: StoreServices,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    pd_worker: tokio::task::JoinHandle<()>,
+}
+
+impl Store {
+    /// Starts every region recorded in the engine. The engine must already
+    /// carry a store id (see [`bootstrap`]). Must be called inside a tokio
+    /// runtime (the PD worker runs on it).
+    pub fn start(
+        engine: Engine,
+        cfg: RaftStoreConfig,
+        pd: Arc<dyn PdClient>,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Store, StoreError> {
+        let store_id = load_store_id(&engine)?.ok_or_else(|| StorageFault::Corrupt {
+            what: "store ident",
+            region_id: 0,
+            reason: "the store was never bootstrapped".into(),
+        })?;
+        let cfg = Arc::new(cfg);
+        let (router, ready) = StoreRouter::new();
+        let apply = Arc::new(ApplyPool::start(
+            cfg.apply_pollers,
+            engine.clone(),
+            router.clone(),
+        ));
+        let (pd_tx, pd_rx) = tokio::sync::mpsc::unbounded_channel();
+        let services = StoreServices {
+            store_id,
+            cfg: cfg.clone(),
+            engine: engine.clone(),
+            router: router.clone(),
+            apply: apply.clone(),
+            meta: Arc::new(Mutex::new(StoreMeta::default())),
+            transport,
+            pd_tx,
+            pending_proposals: Arc::new(AtomicUsize::new(0)),
+        };
+        let ctx = PollContext::new(services.clone());
+        let mut count = 0;
+        for state in load_region_states(&engine)? {
+            if state.state() == PeerState::Tombstone {
+                continue;
+            }
+            let Some(region) = state.region else { continue };
+            let Some(me) = region
+                .peers
+                .iter()
+                .find(|p| p.store_id == store_id)
+                .cloned()
+            else {
+                warn!(
+                    region_id = region.id,
+                    "region has no peer on this store; skipped"
+                );
+                continue;
+            };
+            let peer = Peer::create(&ctx, region.clone(), me)?;
+            services.meta.lock().set_region(&region);
+            apply.schedule(
+                region.id,
+                ApplyTask::Register {
+                    region: region.clone(),
+                    apply_state: super::storage::read_state(
+                        &engine,
+                        &keys::apply_state_key(region.id),
+                        "apply state",
+                        region.id,
+                    )?
+                    .unwrap_or_default(),
+                },
+            );
+            router.register(peer);
+            count += 1;
+        }
+        info!(store_id, regions = count, "store started");
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = poller::start_pollers(cfg.raft_pollers, &services, ready, stop.clone());
+        threads.push(poller::start_ticker(
+            router,
+            cfg.tick_interval,
+            stop.clone(),
+        ));
+        let pd_worker = tokio::spawn(pd_worker::run(
+            services.clone(),
+            pd,
+            pd_rx,
+            Duration::from_secs(10),
+        ));
+        Ok(Store {
+            services,
+            stop,
+            threads,
+            pd_worker,
+        })
+    }
+
+    /// This store's id.
+    pub fn id(&self) -> u64 {
+        self.services.store_id
+    }
+
+    /// The store's services (router, engine, settings) for the KV service.
+    pub fn services(&self) -> &StoreServices {
+        &self.services
+    }
+
+    /// Stops every thread. Unapplied entries are applied again from the log
+    /// on the next start.
+    pub fn shutdown(self) {
+        self.stop.store(true, Ordering::Release);
+        for t in self.threads {
+            let _ = t.join();
+        }
+        self.pd_worker.abort();
+    }
+}
