@@ -7,5 +7,6 @@
 
 pub mod engine;
 pub mod keys;
+pub mod kv;
 pub mod raftstore;
 pub mod raw_value;

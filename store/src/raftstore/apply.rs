@@ -49,6 +49,8 @@ pub enum ApplyTask {
     },
     /// Answered once every earlier task of this thread is applied and written.
     Fence(Sender<()>),
+    /// Finish the queue so far and exit.
+    Stop,
     /// The region's peer is gone; fail its callbacks and forget it.
     Destroy {
         /// The region.
@@ -59,7 +61,7 @@ pub enum ApplyTask {
 /// Handle on the apply threads.
 pub struct ApplyPool {
     senders: Vec<Sender<ApplyTask>>,
-    handles: Vec<JoinHandle<()>>,
+    handles: parking_lot::Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl ApplyPool {
@@ -82,7 +84,10 @@ impl ApplyPool {
             senders.push(tx);
             handles.push(handle);
         }
-        ApplyPool { senders, handles }
+        ApplyPool {
+            senders,
+            handles: parking_lot::Mutex::new(handles),
+        }
     }
 
     /// Queues `task` on the thread that serves `region_id`.
@@ -99,9 +104,11 @@ impl ApplyPool {
     }
 
     /// Stops the threads after they finish their queues.
-    pub fn shutdown(self) {
-        drop(self.senders);
-        for h in self.handles {
+    pub fn stop(&self) {
+        for tx in &self.senders {
+            let _ = tx.send(ApplyTask::Stop);
+        }
+        for h in self.handles.lock().drain(..) {
             let _ = h.join();
         }
     }
@@ -132,7 +139,9 @@ const MAX_TASKS_PER_BATCH: usize = 256;
 
 impl ApplyWorker {
     fn run(&mut self, rx: Receiver<ApplyTask>) {
-        while let Ok(first) = rx.recv() {
+        let mut stopping = false;
+        while !stopping {
+            let Ok(first) = rx.recv() else { return };
             let mut pending = Pending::default();
             let mut fences = Vec::new();
             for task in std::iter::once(first).chain(rx.try_iter().take(MAX_TASKS_PER_BATCH)) {
@@ -156,6 +165,7 @@ impl ApplyWorker {
                         callbacks,
                     } => self.apply(&mut pending, region_id, entries, callbacks),
                     ApplyTask::Fence(tx) => fences.push(tx),
+                    ApplyTask::Stop => stopping = true,
                     ApplyTask::Destroy { region_id } => {
                         if let Some(d) = self.delegates.remove(&region_id) {
                             for (_, _, cb) in d.callbacks {
@@ -269,7 +279,7 @@ impl ApplyWorker {
                 ),
             },
             EntryType::EntryConfChangeV2 => match ConfChangeV2::parse_from_bytes(&entry.data) {
-                Ok(cc) => self.apply_conf_change(pending, region_id, cc),
+                Ok(cc) => self.apply_conf_change(pending, region_id, cc, &entry.context),
                 Err(e) => (
                     Err(CmdError::Internal(format!("undecodable conf change: {e}"))),
                     None,
@@ -487,12 +497,14 @@ impl ApplyWorker {
         pending: &mut Pending,
         region_id: u64,
         cc: ConfChangeV2,
+
+        context: &[u8],
     ) -> (CmdResult, Option<ExecResult>) {
         let delegate = &self.delegates[&region_id];
-        let request = if cc.context.is_empty() {
+        let request = if context.is_empty() {
             None
         } else {
-            match RaftCmdRequest::decode(&cc.context[..]) {
+            match RaftCmdRequest::decode(context) {
                 Ok(r) => Some(r),
                 Err(e) => {
                     return (

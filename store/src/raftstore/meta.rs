@@ -50,6 +50,25 @@ impl StoreMeta {
         self.regions.get(&region_id)
     }
 
+    /// The region whose range contains `key`.
+    pub fn region_by_key(&self, key: &[u8]) -> Option<&metapb::Region> {
+        let k = keys::data_key(key);
+        let (_, id) = self
+            .ranges
+            .range((
+                std::ops::Bound::Excluded(k.clone()),
+                std::ops::Bound::Unbounded,
+            ))
+            .next()?;
+        let region = &self.regions[id];
+        (keys::data_key(&region.start_key) <= k).then_some(region)
+    }
+
+    /// Every initialized region, in no particular order.
+    pub fn regions(&self) -> impl Iterator<Item = &metapb::Region> {
+        self.regions.values()
+    }
+
     /// Number of initialized regions.
     pub fn region_count(&self) -> usize {
         self.regions.len()

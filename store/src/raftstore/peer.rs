@@ -23,7 +23,7 @@ use raft::{RawNode, Ready, SnapshotStatus, StateRole, Storage as _};
 use tracing::{debug, info, warn};
 
 use super::apply::ApplyTask;
-use super::context::{PdTask, PollContext};
+use super::context::{PdTask, PollContext, StoreServices};
 use super::msg::{
     ApplyResult, Callback, CmdError, ExecResult, KeyRange, PeerMsg, ReadCallback, ReadResponse,
 };
@@ -68,7 +68,7 @@ pub struct Peer {
 impl Peer {
     /// Builds the peer `meta` of `region` from what the engine holds.
     pub fn create(
-        ctx: &PollContext,
+        ctx: &StoreServices,
         region: metapb::Region,
         meta: metapb::Peer,
     ) -> Result<Peer, StorageFault> {
@@ -160,7 +160,7 @@ impl Peer {
                 header,
                 ranges,
                 callback,
-            } => self.on_read(header, ranges, callback),
+            } => self.on_read(ctx, header, ranges, callback),
             PeerMsg::Tick => self.on_tick(ctx),
             PeerMsg::Applied(result) => self.on_applied(ctx, result),
             PeerMsg::TransferLeader(to) => {
@@ -355,13 +355,14 @@ impl Peer {
 
     fn on_read(
         &mut self,
+        ctx: &PollContext,
         header: RaftRequestHeader,
         ranges: Vec<KeyRange>,
         callback: ReadCallback,
     ) {
         let check = self
             .check_leader()
-            .and_then(|()| util::check_epoch(self.region(), header.region_epoch.as_ref(), false))
+            .and_then(|()| self.check_epoch(ctx, &header, false))
             .and_then(|()| util::check_ranges(self.region(), &ranges));
         if let Err(e) = check {
             let _ = callback.send(Err(e));
@@ -704,13 +705,17 @@ impl Peer {
             self.send_raft(ctx, m);
         }
         let mut light = self.raft.advance_append(rd);
+        if snapshot_applied {
+            // The snapshot's data is the applied state; raft must know.
+            let applied = self.raft.store().applied_index();
+            self.raft.advance_apply_to(applied);
+        }
         for m in light.take_messages() {
             self.send_raft(ctx, m);
         }
         self.dispatch_committed(ctx, light.take_committed_entries());
-        if snapshot_applied {
-            self.serve_reads(ctx);
-        }
+        // Read states of this Ready may already be covered by what is applied.
+        self.serve_reads(ctx);
     }
 
     fn on_role_change(&mut self, ctx: &mut PollContext, role: StateRole) {
@@ -768,7 +773,8 @@ impl Peer {
             .is_some_and(|r| r.index.is_some_and(|i| i <= applied))
         {
             let r = self.reads.pop_front().expect("front exists");
-            let check = util::check_epoch(self.region(), r.header.region_epoch.as_ref(), false)
+            let check = self
+                .check_epoch(ctx, &r.header, false)
                 .and_then(|()| util::check_ranges(self.region(), &r.ranges));
             let answer = check.map(|()| ReadResponse {
                 snapshot: ctx.engine.snapshot(),

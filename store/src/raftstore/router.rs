@@ -86,6 +86,13 @@ impl StoreRouter {
         }
     }
 
+    /// Closes every mailbox (the store is shutting down).
+    pub fn close_all(&self) {
+        for id in self.region_ids() {
+            self.close(id);
+        }
+    }
+
     /// Whether the store has a peer of `region_id`.
     pub fn contains(&self, region_id: u64) -> bool {
         self.mailboxes.contains_key(&region_id)

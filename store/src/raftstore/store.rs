@@ -8,15 +8,18 @@ use std::time::Duration;
 
 use concord_common::pd_client::{PdClient, PdError};
 use concord_proto::metapb;
-use concord_proto::raft_serverpb::{PeerState, RegionLocalState, StoreIdent};
+use concord_proto::raft_serverpb::{PeerState, RaftMessage, RegionLocalState, StoreIdent};
 use parking_lot::Mutex;
 use prost::Message as _;
-use tracing::{info, warn};
+use protobuf::Message as _;
+use raft::eraftpb::{self, MessageType};
+use tracing::{debug, info, warn};
 
 use super::apply::{ApplyPool, ApplyTask};
 use super::config::RaftStoreConfig;
-use super::context::{PollContext, StoreServices, Transport};
+use super::context::{StoreServices, Transport};
 use super::meta::StoreMeta;
+use super::msg::PeerMsg;
 use super::peer::Peer;
 use super::router::StoreRouter;
 use super::storage::{read_state, write_initial_states, StorageFault};
@@ -200,7 +203,6 @@ impl Store {
             pd_tx,
             pending_proposals: Arc::new(AtomicUsize::new(0)),
         };
-        let ctx = PollContext::new(services.clone());
         let mut count = 0;
         for state in load_region_states(&engine)? {
             if state.state() == PeerState::Tombstone {
@@ -219,7 +221,7 @@ impl Store {
                 );
                 continue;
             };
-            let peer = Peer::create(&ctx, region.clone(), me)?;
+            let peer = Peer::create(&services, region.clone(), me)?;
             services.meta.lock().set_region(&region);
             apply.schedule(
                 region.id,
@@ -269,13 +271,106 @@ impl Store {
         &self.services
     }
 
-    /// Stops every thread. Unapplied entries are applied again from the log
+    /// Stops every thread and lets go of the engine (once the caller's own
+    /// handles are gone). Unapplied entries are applied again from the log
     /// on the next start.
-    pub fn shutdown(self) {
+    pub async fn shutdown(self) {
         self.stop.store(true, Ordering::Release);
-        for t in self.threads {
-            let _ = t.join();
-        }
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
         self.pd_worker.abort();
+        let _ = self.pd_worker.await;
+        let apply = self.services.apply.clone();
+        let _ = tokio::task::spawn_blocking(move || apply.stop()).await;
+        self.services.router.close_all();
+    }
+}
+
+/// Delivers a raft message from another store: to the region's peer, or —
+/// for a region this store does not have yet — to a new, uninitialized peer
+/// that will receive the region by snapshot.
+pub fn deliver_raft_message(s: &StoreServices, msg: RaftMessage) {
+    let region_id = msg.region_id;
+    let Err(msg) = s.router.send(region_id, PeerMsg::Raft(msg)) else {
+        return;
+    };
+    let PeerMsg::Raft(msg) = *msg else { return };
+    if let Some(msg) = maybe_create_peer(s, msg) {
+        let _ = s.router.send(region_id, PeerMsg::Raft(msg));
+    }
+}
+
+/// Creates a peer for a message addressed to a region this store lacks, if
+/// the message comes from a live group and clashes with nothing here.
+/// Returns the message when a peer now exists to take it.
+fn maybe_create_peer(s: &StoreServices, msg: RaftMessage) -> Option<RaftMessage> {
+    let to = msg.to_peer?;
+    if msg.is_tombstone || to.store_id != s.store_id {
+        return None;
+    }
+    let raft_msg = eraftpb::Message::parse_from_bytes(&msg.message).ok()?;
+    if !matches!(
+        raft_msg.get_msg_type(),
+        MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
+    ) {
+        return None;
+    }
+    let region_id = msg.region_id;
+    let local: Option<RegionLocalState> = read_state(
+        &s.engine,
+        &keys::region_state_key(region_id),
+        "region state",
+        region_id,
+    )
+    .ok()?;
+    if let Some(local) = local {
+        let tombstone = local.state() == PeerState::Tombstone;
+        let old = local.region.unwrap_or_default();
+        let old_conf_ver = old.region_epoch.map_or(0, |e| e.conf_ver);
+        let new_conf_ver = msg.region_epoch.map_or(0, |e| e.conf_ver);
+        let old_peer = old
+            .peers
+            .iter()
+            .find(|p| p.store_id == s.store_id)
+            .map_or(0, |p| p.id);
+        if !tombstone || new_conf_ver <= old_conf_ver || to.id <= old_peer {
+            return None;
+        }
+    }
+    let meta = s.meta.lock();
+    if s.router.contains(region_id) {
+        return Some(msg);
+    }
+    if let Some(other) = meta.overlapping(&msg.start_key, &msg.end_key, region_id) {
+        debug!(
+            region_id,
+            other, "not creating a peer that overlaps another region"
+        );
+        return None;
+    }
+    let region = metapb::Region {
+        id: region_id,
+        ..Default::default()
+    };
+    match Peer::create(s, region, to) {
+        Ok(peer) => {
+            info!(
+                region_id,
+                peer_id = to.id,
+                "created peer to receive a snapshot"
+            );
+            s.router.register(peer);
+            drop(meta);
+            Some(msg)
+        }
+        Err(e) => {
+            warn!(region_id, "cannot create peer: {e}");
+            None
+        }
     }
 }

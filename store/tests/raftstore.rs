@@ -1,0 +1,407 @@
+//! Raftstore tests on the in-process cluster.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{test_config, wait_for, Cluster, Filter, FIRST_REGION};
+use concord_proto::errorpb::error::Kind;
+use concord_proto::metapb;
+use concord_proto::raft_cmdpb::{
+    admin_request, AdminRequest, ChangePeerRequest, ChangePeerV2Request, ConfChangeType,
+    RaftCmdRequest, RaftRequestHeader,
+};
+use concord_proto::raft_serverpb::{PeerState, RaftApplyState, RegionLocalState};
+use concord_store::engine::{Reader, CF_DEFAULT, CF_RAFT};
+use concord_store::keys;
+use concord_store::raftstore::msg::PeerMsg;
+use concord_store::raftstore::storage::RAFT_INIT_LOG_INDEX;
+use concord_store::raftstore::{CmdError, RaftStoreConfig};
+use prost::Message as _;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn key(i: u32) -> Vec<u8> {
+    format!("k{i:04}").into_bytes()
+}
+
+fn value(i: u32) -> Vec<u8> {
+    format!("value-{i}").into_bytes()
+}
+
+fn change_peer(
+    region: &metapb::Region,
+    change_type: ConfChangeType,
+    peer: metapb::Peer,
+) -> RaftCmdRequest {
+    RaftCmdRequest {
+        header: Some(RaftRequestHeader {
+            region_id: region.id,
+            peer: None,
+            region_epoch: region.region_epoch,
+            proposal_id: 0,
+        }),
+        requests: vec![],
+        admin_request: Some(AdminRequest {
+            cmd: Some(admin_request::Cmd::ChangePeerV2(ChangePeerV2Request {
+                changes: vec![ChangePeerRequest {
+                    change_type: change_type as i32,
+                    peer: Some(peer),
+                }],
+            })),
+        }),
+    }
+}
+
+fn apply_state(cluster: &Cluster, store: u64, region_id: u64) -> Option<RaftApplyState> {
+    let engine = &cluster.services(store).engine;
+    let bytes = engine
+        .get_cf(CF_RAFT, &keys::apply_state_key(region_id))
+        .unwrap()?;
+    Some(RaftApplyState::decode(bytes.as_slice()).unwrap())
+}
+
+#[test]
+fn three_stores_elect_a_leader_and_replicate_writes() {
+    let cluster = Cluster::new(3, &[1, 2, 3], test_config());
+    cluster.wait_leader(FIRST_REGION);
+    for i in 0..50 {
+        cluster.must_put(&key(i), &value(i));
+    }
+    for i in 0..50 {
+        assert_eq!(cluster.must_get(&key(i)), Some(value(i)));
+    }
+    assert_eq!(cluster.must_get(b"missing"), None);
+    // Every replica applies the same data.
+    assert!(wait_for(WAIT, || {
+        let sums: Vec<_> = (1..=3)
+            .map(|s| cluster.api(s).region_checksum(FIRST_REGION).unwrap())
+            .map(|c| (c.checksum, c.total_kvs))
+            .collect();
+        sums.iter().all(|s| *s == sums[0]) && sums[0].1 == 50
+    }));
+    cluster.shutdown();
+}
+
+#[test]
+fn leader_isolation_loses_no_acknowledged_write_and_serves_no_stale_read() {
+    let cluster = Cluster::new(3, &[1, 2, 3], test_config());
+    let old = cluster.wait_leader(FIRST_REGION);
+    cluster.must_put(b"k", b"before");
+    let region = cluster.region_on(old, FIRST_REGION).unwrap();
+    let old_ctx = cluster.context(old, &region);
+
+    cluster.add_filter(Filter::Isolate(old));
+    // A read sent to the isolated leader while it still believes it leads.
+    let stale_read = {
+        let api = cluster.api(old);
+        let ctx = old_ctx;
+        cluster
+            .rt
+            .spawn(async move { api.raw_get(&ctx, b"k").await })
+    };
+    assert!(wait_for(WAIT, || !cluster
+        .services(old)
+        .meta
+        .lock()
+        .leaders
+        .contains(&FIRST_REGION)));
+    cluster.must_put(b"k", b"after");
+    for i in 0..20 {
+        cluster.must_put(&key(i), &value(i));
+    }
+    let answer = cluster.rt.block_on(stale_read).unwrap();
+    assert!(
+        !matches!(&answer, Ok(Some(v)) if v == b"before"),
+        "the isolated old leader served a stale read: {answer:?}"
+    );
+    assert!(
+        answer.is_err(),
+        "an isolated peer cannot confirm a read: {answer:?}"
+    );
+    let direct = cluster
+        .rt
+        .block_on(cluster.api(old).raw_get(&old_ctx, b"k"));
+    assert!(
+        matches!(&direct, Err(CmdError::Region(e)) if matches!(e.kind, Some(Kind::NotLeader(_)))),
+        "{direct:?}"
+    );
+
+    cluster.clear_filters();
+    assert_eq!(cluster.must_get(b"k"), Some(b"after".to_vec()));
+    for i in 0..20 {
+        assert_eq!(cluster.must_get(&key(i)), Some(value(i)));
+    }
+    // The old leader catches up with everything acknowledged while it was cut off.
+    assert!(wait_for(WAIT, || {
+        cluster
+            .api(old)
+            .region_checksum(FIRST_REGION)
+            .unwrap()
+            .total_kvs
+            == 21
+    }));
+    cluster.shutdown();
+}
+
+#[test]
+fn split_under_concurrent_writes_loses_nothing_and_old_epochs_are_refused() {
+    let cfg = RaftStoreConfig {
+        region_max_size: 8 << 10,
+        region_max_keys: 100,
+        split_check_diff: 2 << 10,
+        ..test_config()
+    };
+    let cluster = Cluster::new(3, &[1, 2, 3], cfg);
+    let leader = cluster.wait_leader(FIRST_REGION);
+    let original = cluster.region_on(leader, FIRST_REGION).unwrap();
+    const KEYS: u32 = 600;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 0..KEYS {
+                cluster.must_put(&key(i), &[b'x'; 64]);
+            }
+        });
+    });
+    assert!(
+        wait_for(WAIT, || cluster.pd.region_count() >= 3),
+        "regions did not split: {}",
+        cluster.pd.region_count()
+    );
+    for i in 0..KEYS {
+        assert_eq!(cluster.must_get(&key(i)), Some(vec![b'x'; 64]), "key {i}");
+    }
+    // Every region serves writes and reads on its own.
+    let regions: Vec<metapb::Region> = cluster
+        .services(leader)
+        .meta
+        .lock()
+        .regions()
+        .cloned()
+        .collect();
+    assert!(regions.len() >= 3);
+    for r in &regions {
+        let probe = [r.start_key.as_slice(), b"\x00probe"].concat();
+        cluster.must_put(&probe, b"p");
+        assert_eq!(cluster.must_get(&probe), Some(b"p".to_vec()));
+    }
+    // A request with the pre-split epoch is refused with the current regions.
+    let leader = cluster.wait_leader(FIRST_REGION);
+    let ctx = cluster.context(leader, &original);
+    let current = cluster.region_on(leader, FIRST_REGION).unwrap();
+    let err = cluster
+        .rt
+        .block_on(cluster.api(leader).raw_get(&ctx, &current.start_key))
+        .unwrap_err();
+    match err {
+        CmdError::Region(e) => match e.kind {
+            Some(Kind::EpochNotMatch(m)) => {
+                assert!(m.current_regions.len() >= 2, "{m:?}");
+                assert!(m.current_regions.iter().any(|r| r.id == FIRST_REGION));
+            }
+            other => panic!("expected EpochNotMatch, got {other:?}"),
+        },
+        other => panic!("expected a region error, got {other:?}"),
+    }
+    cluster.shutdown();
+}
+
+#[test]
+fn admin_split_at_given_keys_serves_both_halves() {
+    let cluster = Cluster::new(3, &[1, 2, 3], test_config());
+    let leader = cluster.wait_leader(FIRST_REGION);
+    cluster.must_put(b"a", b"1");
+    cluster.must_put(b"z", b"2");
+    let region = cluster.region_on(leader, FIRST_REGION).unwrap();
+    let ctx = cluster.context(leader, &region);
+    let regions = cluster
+        .rt
+        .block_on(cluster.api(leader).split_region(&ctx, vec![b"m".to_vec()]))
+        .unwrap();
+    assert_eq!(regions.len(), 2);
+    assert_eq!(regions[0].end_key, b"m".to_vec());
+    assert_eq!(regions[1].start_key, b"m".to_vec());
+    assert_eq!(cluster.must_get(b"a"), Some(b"1".to_vec()));
+    assert_eq!(cluster.must_get(b"z"), Some(b"2".to_vec()));
+    cluster.must_put(b"b", b"3");
+    cluster.must_put(b"y", b"4");
+    assert_eq!(cluster.must_get(b"b"), Some(b"3".to_vec()));
+    // A bad split key is refused and changes nothing.
+    let region = cluster.region_on(leader, FIRST_REGION).unwrap();
+    let ctx = cluster.context(leader, &region);
+    let err = cluster
+        .rt
+        .block_on(cluster.api(leader).split_region(&ctx, vec![b"a".to_vec()]));
+    assert!(err.is_err(), "{err:?}");
+    cluster.shutdown();
+}
+
+#[test]
+fn a_peer_added_after_log_compaction_catches_up_by_snapshot_and_leads() {
+    let mut cluster = Cluster::new(3, &[1, 2], test_config());
+    let leader = cluster.wait_leader(FIRST_REGION);
+    for i in 0..300 {
+        cluster.must_put(&key(i), &value(i));
+    }
+    assert!(
+        wait_for(WAIT, || apply_state(&cluster, leader, FIRST_REGION)
+            .and_then(|s| s.truncated_state)
+            .is_some_and(|t| t.index > RAFT_INIT_LOG_INDEX + 100)),
+        "the log was not compacted"
+    );
+    let region = cluster.region_on(leader, FIRST_REGION).unwrap();
+    let new_peer = metapb::Peer {
+        id: 103,
+        store_id: 3,
+        role: 0,
+    };
+    cluster
+        .rt
+        .block_on(cluster.api(leader).command(change_peer(
+            &region,
+            ConfChangeType::AddNode,
+            new_peer,
+        )))
+        .unwrap();
+    assert!(
+        wait_for(WAIT, || cluster.region_on(3, FIRST_REGION).is_some()),
+        "store 3 never received the region"
+    );
+    let state = apply_state(&cluster, 3, FIRST_REGION).unwrap();
+    assert!(
+        state.truncated_state.unwrap().index > RAFT_INIT_LOG_INDEX,
+        "store 3 should start from a snapshot: {state:?}"
+    );
+    cluster.send(leader, FIRST_REGION, PeerMsg::TransferLeader(new_peer));
+    assert!(
+        wait_for(WAIT, || cluster.leader_of(FIRST_REGION) == Some(3)),
+        "leadership did not move"
+    );
+    let region = cluster.region_on(3, FIRST_REGION).unwrap();
+    let ctx = cluster.context(3, &region);
+    for i in (0..300).step_by(7) {
+        let got = cluster
+            .rt
+            .block_on(cluster.api(3).raw_get(&ctx, &key(i)))
+            .unwrap();
+        assert_eq!(got, Some(value(i)));
+    }
+    cluster.must_put(b"after", b"transfer");
+    assert_eq!(cluster.must_get(b"after"), Some(b"transfer".to_vec()));
+    cluster.stop_store(1);
+    assert_eq!(cluster.must_get(&key(299)), Some(value(299)));
+    cluster.shutdown();
+}
+
+#[test]
+fn a_removed_peer_is_destroyed_and_stays_gone_after_restart() {
+    let mut cluster = Cluster::new(3, &[1, 2, 3], test_config());
+    let leader = cluster.wait_leader(FIRST_REGION);
+    for i in 0..20 {
+        cluster.must_put(&key(i), &value(i));
+    }
+    let victim = (1..=3).find(|s| *s != leader).unwrap();
+    let region = cluster.region_on(leader, FIRST_REGION).unwrap();
+    let peer = *region.peers.iter().find(|p| p.store_id == victim).unwrap();
+    cluster
+        .rt
+        .block_on(cluster.api(leader).command(change_peer(
+            &region,
+            ConfChangeType::RemoveNode,
+            peer,
+        )))
+        .unwrap();
+    assert!(wait_for(WAIT, || !cluster
+        .services(victim)
+        .router
+        .contains(FIRST_REGION)));
+
+    cluster.stop_store(victim);
+    cluster.start_store(victim);
+    let services = cluster.services(victim);
+    assert!(
+        !services.router.contains(FIRST_REGION),
+        "the removed peer came back"
+    );
+    let state = services
+        .engine
+        .get_cf(CF_RAFT, &keys::region_state_key(FIRST_REGION))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        RegionLocalState::decode(state.as_slice()).unwrap().state(),
+        PeerState::Tombstone
+    );
+    let mut data_keys = 0;
+    services
+        .engine
+        .scan_cf(
+            CF_DEFAULT,
+            &keys::data_key(b""),
+            keys::DATA_MAX_KEY,
+            false,
+            |_, _| {
+                data_keys += 1;
+                true
+            },
+        )
+        .unwrap();
+    assert_eq!(data_keys, 0, "the removed peer's data was not deleted");
+
+    // The group carries on undisturbed by the restarted store.
+    let leader_before = cluster.wait_leader(FIRST_REGION);
+    for i in 20..40 {
+        cluster.must_put(&key(i), &value(i));
+    }
+    assert_eq!(cluster.must_get(&key(39)), Some(value(39)));
+    assert_eq!(cluster.leader_of(FIRST_REGION), Some(leader_before));
+    assert!(!cluster.services(victim).router.contains(FIRST_REGION));
+    cluster.shutdown();
+}
+
+#[test]
+fn bad_input_is_refused_and_writes_nothing() {
+    let cluster = Cluster::new(1, &[1], test_config());
+    cluster.wait_leader(FIRST_REGION);
+    let region = cluster.region_on(1, FIRST_REGION).unwrap();
+    let ctx = cluster.context(1, &region);
+    let api = cluster.api(1);
+    let big_key = vec![b'k'; 8 * 1024 + 1];
+    let big_value = vec![b'v'; 8 * 1024 * 1024 + 1];
+    let cases: Vec<(Result<(), CmdError>, &str)> = vec![
+        (
+            cluster.rt.block_on(api.raw_put(&ctx, b"", b"v", 0)),
+            "empty",
+        ),
+        (
+            cluster.rt.block_on(api.raw_put(&ctx, &big_key, b"v", 0)),
+            "over the limit",
+        ),
+        (
+            cluster.rt.block_on(api.raw_put(&ctx, b"k", &big_value, 0)),
+            "over the limit",
+        ),
+        (
+            cluster.rt.block_on(api.raw_delete_range(&ctx, b"z", b"a")),
+            "after its end",
+        ),
+    ];
+    for (result, message) in cases {
+        match result {
+            Err(CmdError::InvalidArgument(m)) => assert!(m.contains(message), "{m}"),
+            other => panic!("expected InvalidArgument({message}), got {other:?}"),
+        }
+    }
+    assert!(matches!(
+        cluster.rt.block_on(api.raw_get(&ctx, b"")),
+        Err(CmdError::InvalidArgument(_))
+    ));
+    assert_eq!(api.region_checksum(FIRST_REGION).unwrap().total_kvs, 0);
+    // A good write still works afterwards.
+    cluster
+        .rt
+        .block_on(api.raw_put(&ctx, &vec![b'k'; 8 * 1024], b"v", 0))
+        .unwrap();
+    assert_eq!(api.region_checksum(FIRST_REGION).unwrap().total_kvs, 1);
+    cluster.shutdown();
+}
