@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/raft_serverpb.proto",
         "proto/raft_cmdpb.proto",
         "proto/pdpb.proto",
+        "proto/routerpb.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

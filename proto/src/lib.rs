@@ -7,6 +7,7 @@
 //! - [`raft_serverpb`]: store-to-store raft messages and persisted local states.
 //! - [`raft_cmdpb`]: commands proposed through a region's raft log.
 //! - [`pdpb`]: the placement driver service.
+//! - [`routerpb`]: the client-facing service of a router.
 
 #![allow(clippy::large_enum_variant, clippy::doc_lazy_continuation)]
 
@@ -38,4 +39,9 @@ pub mod raft_cmdpb {
 /// The placement driver service.
 pub mod pdpb {
     tonic::include_proto!("pdpb");
+}
+
+/// The client-facing raw KV service of a router (no region context).
+pub mod routerpb {
+    tonic::include_proto!("routerpb");
 }

@@ -10,3 +10,6 @@ pub mod keys;
 pub mod kv;
 pub mod raftstore;
 pub mod raw_value;
+pub mod server;
+pub mod service;
+pub mod transport;

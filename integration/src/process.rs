@@ -1,0 +1,179 @@
+//! Child processes of the real binaries, killed when dropped so that a
+//! failing test never leaves servers behind.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free port on 127.0.0.1, as the OS hands them out.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on 127.0.0.1")
+}
+
+/// The directory holding the workspace's built binaries.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> -> target/<profile>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// A running binary; killed (SIGKILL) on drop.
+pub struct Proc {
+    name: String,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Proc {
+    /// Starts `binary` with `args`, its output going to `log`.
+    pub fn start(binary: &str, args: Vec<String>, log: PathBuf) -> Proc {
+        let mut p = Proc {
+            name: binary.to_string(),
+            args,
+            log,
+            child: None,
+        };
+        p.restart();
+        p
+    }
+
+    /// Starts the process again with the same arguments.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "{} is still running", self.name);
+        let path = bin_dir().join(&self.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open process log");
+        let child = Command::new(&path)
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {}: {e} (build it with `cargo build --workspace --bins`)",
+                    path.display()
+                )
+            });
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, and wait up to `timeout` for a clean exit (then SIGKILL).
+    /// Returns whether it exited by itself with success.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        // SAFETY: signalling a child we own by pid.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        false
+    }
+
+    /// The process log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A PD process.
+pub struct PdProc {
+    /// The process.
+    pub proc: Proc,
+    /// gRPC address.
+    pub addr: String,
+    /// HTTP address.
+    pub http_addr: String,
+}
+
+impl PdProc {
+    /// Starts `concord-pd` with its data under `dir`.
+    pub fn start(dir: &Path) -> PdProc {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let http_addr = format!("127.0.0.1:{}", free_port());
+        let args = vec![
+            "--addr".into(),
+            addr.clone(),
+            "--http-addr".into(),
+            http_addr.clone(),
+            "--data-dir".into(),
+            dir.join("pd").display().to_string(),
+        ];
+        PdProc {
+            proc: Proc::start("concord-pd", args, dir.join("pd.log")),
+            addr,
+            http_addr,
+        }
+    }
+}
+
+/// A store process.
+pub struct StoreProc {
+    /// The process.
+    pub proc: Proc,
+    /// gRPC address.
+    pub addr: String,
+    /// Status address.
+    pub status_addr: String,
+}
+
+impl StoreProc {
+    /// Starts `concord-store` number `n` with its data under `dir`, plus
+    /// `extra` arguments.
+    pub fn start(dir: &Path, n: usize, pd: &str, extra: &[&str]) -> StoreProc {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let status_addr = format!("127.0.0.1:{}", free_port());
+        let mut args = vec![
+            "--addr".into(),
+            addr.clone(),
+            "--status-addr".into(),
+            status_addr.clone(),
+            "--data-dir".into(),
+            dir.join(format!("store{n}")).display().to_string(),
+            "--pd".into(),
+            pd.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        StoreProc {
+            proc: Proc::start("concord-store", args, dir.join(format!("store{n}.log"))),
+            addr,
+            status_addr,
+        }
+    }
+}
