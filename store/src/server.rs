@@ -281,9 +281,10 @@ fn metrics_text(s: &StoreServices) -> String {
         let meta = s.meta.lock();
         (meta.region_count(), meta.leaders.len())
     };
-    let pending = s
-        .pending_proposals
-        .load(std::sync::atomic::Ordering::Relaxed);
+    use std::sync::atomic::Ordering::Relaxed;
+    let pending = s.pending_proposals.load(Relaxed);
+    let log_writes = s.stats.log_writes.load(Relaxed);
+    let readies = s.stats.persisted_readies.load(Relaxed);
     format!(
         "# HELP concord_store_regions Regions with a peer on this store.\n\
          # TYPE concord_store_regions gauge\n\
@@ -293,7 +294,13 @@ fn metrics_text(s: &StoreServices) -> String {
          concord_store_leaders{{store=\"{id}\"}} {leaders}\n\
          # HELP concord_store_pending_proposals Writes proposed but not yet handed to apply.\n\
          # TYPE concord_store_pending_proposals gauge\n\
-         concord_store_pending_proposals{{store=\"{id}\"}} {pending}\n",
+         concord_store_pending_proposals{{store=\"{id}\"}} {pending}\n\
+         # HELP concord_store_raft_log_writes Synced raft log writes (one per poll round).\n\
+         # TYPE concord_store_raft_log_writes counter\n\
+         concord_store_raft_log_writes{{store=\"{id}\"}} {log_writes}\n\
+         # HELP concord_store_raft_persisted_readies Region readies persisted by those writes.\n\
+         # TYPE concord_store_raft_persisted_readies counter\n\
+         concord_store_raft_persisted_readies{{store=\"{id}\"}} {readies}\n",
         id = s.store_id
     )
 }

@@ -405,3 +405,147 @@ fn bad_input_is_refused_and_writes_nothing() {
     assert_eq!(api.region_checksum(FIRST_REGION).unwrap().total_kvs, 1);
     cluster.shutdown();
 }
+
+#[test]
+fn joint_consensus_swaps_a_voter_and_leaves_the_joint_state() {
+    let cluster = Cluster::new(4, &[1, 2, 3], test_config());
+    let leader = cluster.wait_leader(FIRST_REGION);
+    cluster.must_put(b"before", b"joint");
+    let demoted = (1..=3).find(|s| *s != leader).unwrap();
+    let region = cluster.region_on(leader, FIRST_REGION).unwrap();
+    let demoted_peer = *region.peers.iter().find(|p| p.store_id == demoted).unwrap();
+    let added = metapb::Peer {
+        id: 104,
+        store_id: 4,
+        role: 0,
+    };
+    let mut request = change_peer(&region, ConfChangeType::AddLearnerNode, demoted_peer);
+    if let Some(admin_request::Cmd::ChangePeerV2(c)) =
+        request.admin_request.as_mut().and_then(|a| a.cmd.as_mut())
+    {
+        c.changes.push(ChangePeerRequest {
+            change_type: ConfChangeType::AddNode as i32,
+            peer: Some(added),
+        });
+    }
+    let applied = cluster
+        .rt
+        .block_on(cluster.api(leader).command(request))
+        .unwrap();
+    // Entering the joint state: the new voter is incoming, the old one demoting.
+    let joint = &applied.regions[0];
+    let role_of =
+        |r: &metapb::Region, id: u64| r.peers.iter().find(|p| p.id == id).map(|p| p.role());
+    assert_eq!(role_of(joint, 104), Some(metapb::PeerRole::IncomingVoter));
+    assert_eq!(
+        role_of(joint, demoted_peer.id),
+        Some(metapb::PeerRole::DemotingVoter)
+    );
+    // Raft leaves the joint state by itself.
+    assert!(wait_for(WAIT, || {
+        let r = cluster.region_on(leader, FIRST_REGION).unwrap();
+        role_of(&r, 104) == Some(metapb::PeerRole::Voter)
+            && role_of(&r, demoted_peer.id) == Some(metapb::PeerRole::Learner)
+    }));
+    let left = cluster.region_on(leader, FIRST_REGION).unwrap();
+    assert_eq!(
+        left.region_epoch.unwrap().conf_ver,
+        region.region_epoch.unwrap().conf_ver + 3
+    );
+    assert!(wait_for(WAIT, || cluster
+        .region_on(4, FIRST_REGION)
+        .is_some()));
+    cluster.must_put(b"after", b"joint");
+    assert_eq!(cluster.must_get(b"before"), Some(b"joint".to_vec()));
+    // A voter cannot be removed in one joint step; a learner can be.
+    let current = cluster.region_on(leader, FIRST_REGION).unwrap();
+    let demoted_now = *current
+        .peers
+        .iter()
+        .find(|p| p.id == demoted_peer.id)
+        .unwrap();
+    cluster
+        .rt
+        .block_on(cluster.api(leader).command(change_peer(
+            &current,
+            ConfChangeType::RemoveNode,
+            demoted_now,
+        )))
+        .unwrap();
+    assert!(wait_for(WAIT, || !cluster
+        .services(demoted)
+        .router
+        .contains(FIRST_REGION)));
+    assert_eq!(cluster.must_get(b"after"), Some(b"joint".to_vec()));
+    cluster.shutdown();
+}
+
+#[test]
+fn a_stale_epoch_conf_change_is_refused() {
+    let cluster = Cluster::new(3, &[1, 2, 3], test_config());
+    let leader = cluster.wait_leader(FIRST_REGION);
+    let region = cluster.region_on(leader, FIRST_REGION).unwrap();
+    let follower = *region.peers.iter().find(|p| p.store_id != leader).unwrap();
+    let learner = metapb::Peer {
+        id: 200,
+        store_id: follower.store_id,
+        role: 0,
+    };
+    let mut stale = region.clone();
+    stale.region_epoch.as_mut().unwrap().conf_ver -= 1;
+    let err = cluster
+        .rt
+        .block_on(cluster.api(leader).command(change_peer(
+            &stale,
+            ConfChangeType::AddLearnerNode,
+            learner,
+        )))
+        .unwrap_err();
+    assert!(
+        matches!(&err, CmdError::Region(e) if matches!(e.kind, Some(Kind::EpochNotMatch(_)))),
+        "{err:?}"
+    );
+    assert_eq!(cluster.region_on(leader, FIRST_REGION).unwrap(), region);
+    cluster.shutdown();
+}
+
+#[test]
+fn one_fsync_persists_the_readies_of_many_regions() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let cluster = Cluster::new(3, &[1, 2, 3], test_config());
+    let leader = cluster.wait_leader(FIRST_REGION);
+    let region = cluster.region_on(leader, FIRST_REGION).unwrap();
+    let ctx = cluster.context(leader, &region);
+    let split_keys: Vec<Vec<u8>> = (1..16).map(|i| format!("r{i:02}").into_bytes()).collect();
+    cluster
+        .rt
+        .block_on(cluster.api(leader).split_region(&ctx, split_keys))
+        .unwrap();
+    for i in 0..16 {
+        cluster.must_put(format!("r{i:02}-warmup").as_bytes(), b"v");
+    }
+    let stats = &cluster.services(leader).stats;
+    let (writes_before, readies_before) = (
+        stats.log_writes.load(Relaxed),
+        stats.persisted_readies.load(Relaxed),
+    );
+    // 64 writers spread over 16 regions.
+    std::thread::scope(|s| {
+        for w in 0..64u32 {
+            let cluster = &cluster;
+            s.spawn(move || {
+                for i in 0..20u32 {
+                    cluster.must_put(format!("r{:02}-w{w}-{i}", w % 16).as_bytes(), b"v");
+                }
+            });
+        }
+    });
+    let writes = stats.log_writes.load(Relaxed) - writes_before;
+    let readies = stats.persisted_readies.load(Relaxed) - readies_before;
+    assert!(writes > 0);
+    assert!(
+        readies > writes,
+        "each fsync should carry several regions' readies: {readies} readies in {writes} writes"
+    );
+    cluster.shutdown();
+}

@@ -3,7 +3,7 @@
 //! apply pool, the PD worker and the transport.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use concord_proto::metapb;
@@ -87,6 +87,18 @@ pub struct StoreServices {
     pub pd_tx: UnboundedSender<PdTask>,
     /// Proposals not yet handed to apply, store-wide.
     pub pending_proposals: Arc<AtomicUsize>,
+    /// Counters of the raft write path.
+    pub stats: Arc<RaftStats>,
+}
+
+/// Counters of the raft write path, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct RaftStats {
+    /// Synced writes of raft state (one per poll round with work).
+    pub log_writes: AtomicU64,
+    /// Region readies persisted by those writes; divided by `log_writes`
+    /// this is how many regions share each fsync.
+    pub persisted_readies: AtomicU64,
 }
 
 /// The services plus the per-round state of one raft poller.
@@ -94,6 +106,8 @@ pub struct PollContext {
     services: StoreServices,
     /// The round's write batch: written once, synced, per round.
     pub wb: WriteBatch,
+    /// Region readies added to `wb` this round.
+    pub round_readies: u64,
     outbox: HashMap<u64, Vec<RaftMessage>>,
 }
 
@@ -112,6 +126,7 @@ impl PollContext {
         PollContext {
             services,
             wb,
+            round_readies: 0,
             outbox: HashMap::new(),
         }
     }
@@ -145,5 +160,10 @@ impl PollContext {
             tracing::error!("raft log write failed: {e}");
             std::process::abort();
         }
+        let stats = &self.services.stats;
+        stats.log_writes.fetch_add(1, Ordering::Relaxed);
+        stats
+            .persisted_readies
+            .fetch_add(std::mem::take(&mut self.round_readies), Ordering::Relaxed);
     }
 }

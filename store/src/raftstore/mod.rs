@@ -16,7 +16,7 @@ pub mod store;
 pub mod util;
 
 pub use config::RaftStoreConfig;
-pub use context::{PdTask, StoreServices, Transport};
+pub use context::{PdTask, RaftStats, StoreServices, Transport};
 pub use msg::{CmdError, PeerMsg};
 pub use router::StoreRouter;
 pub use store::{bootstrap, Store, StoreError};

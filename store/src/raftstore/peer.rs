@@ -669,6 +669,7 @@ impl Peer {
         }
         if snapshot_applied || !rd.entries().is_empty() || rd.hs().is_some() {
             store.write_raft_state(&mut ctx.wb);
+            ctx.round_readies += 1;
         }
         for rs in rd.read_states() {
             let Ok(bytes) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {

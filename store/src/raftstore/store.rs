@@ -202,6 +202,7 @@ impl Store {
             transport,
             pd_tx,
             pending_proposals: Arc::new(AtomicUsize::new(0)),
+            stats: Arc::default(),
         };
         let mut count = 0;
         for state in load_region_states(&engine)? {
