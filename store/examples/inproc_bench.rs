@@ -31,7 +31,10 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn main() {
-    let args: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<u64> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let regions = args.first().copied().unwrap_or(1000);
     let concurrency = args.get(1).copied().unwrap_or(64);
     let seconds = args.get(2).copied().unwrap_or(15);
@@ -40,9 +43,14 @@ fn main() {
     let leader = cluster.wait_leader(FIRST_REGION);
     let region = cluster.region_on(leader, FIRST_REGION).unwrap();
     let ctx = cluster.context(leader, &region);
-    let keys: Vec<Vec<u8>> = (1..regions).map(|i| format!("r{i:05}").into_bytes()).collect();
+    let keys: Vec<Vec<u8>> = (1..regions)
+        .map(|i| format!("r{i:05}").into_bytes())
+        .collect();
     let started = Instant::now();
-    cluster.rt.block_on(cluster.api(leader).split_region(&ctx, keys)).expect("split");
+    cluster
+        .rt
+        .block_on(cluster.api(leader).split_region(&ctx, keys))
+        .expect("split");
     let all_led = wait_for(Duration::from_secs(120), || {
         let led: usize = cluster
             .store_ids()
@@ -52,14 +60,20 @@ fn main() {
         led as u64 == regions
     });
     assert!(all_led, "not every region elected a leader");
-    println!("{regions} regions on 3 stores ready in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "{regions} regions on 3 stores ready in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 
     // Idle: nothing but ticks and heartbeats.
     std::thread::sleep(Duration::from_secs(3));
     let (cpu0, t0) = (cpu_seconds(), Instant::now());
     std::thread::sleep(Duration::from_secs(10));
     let idle = (cpu_seconds() - cpu0) / t0.elapsed().as_secs_f64();
-    println!("idle: {:.1}% of one core for 3 stores x {regions} regions", idle * 100.0);
+    println!(
+        "idle: {:.1}% of one core for 3 stores x {regions} regions",
+        idle * 100.0
+    );
 
     // Load: raw puts of 256-byte values on keys spread over every region.
     let value = vec![b'v'; 256];
@@ -75,7 +89,8 @@ fn main() {
                 let mut n = 0u64;
                 while Instant::now() < deadline {
                     n += 1;
-                    let key = format!("r{:05}-{w}-{n}", (n * 7919 + w * 104_729) % regions).into_bytes();
+                    let key =
+                        format!("r{:05}-{w}-{n}", (n * 7919 + w * 104_729) % regions).into_bytes();
                     let target = cluster.store_ids().into_iter().find_map(|s| {
                         let meta = cluster.services(s).meta.lock();
                         let r = meta.region_by_key(&key)?.clone();

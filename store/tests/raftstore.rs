@@ -549,3 +549,39 @@ fn one_fsync_persists_the_readies_of_many_regions() {
     );
     cluster.shutdown();
 }
+
+#[test]
+fn a_slow_link_delays_but_loses_nothing() {
+    let cluster = Cluster::new(3, &[1, 2, 3], test_config());
+    let leader = cluster.wait_leader(FIRST_REGION);
+    let slow = (1..=3).find(|s| *s != leader).unwrap();
+    cluster.add_filter(Filter::Delay(slow, Duration::from_millis(30)));
+    for i in 0..30 {
+        cluster.must_put(&key(i), &value(i));
+    }
+    cluster.clear_filters();
+    assert!(wait_for(WAIT, || {
+        cluster
+            .api(slow)
+            .region_checksum(FIRST_REGION)
+            .unwrap()
+            .total_kvs
+            == 30
+    }));
+    let sums: Vec<_> = (1..=3)
+        .map(|s| {
+            cluster
+                .api(s)
+                .region_checksum(FIRST_REGION)
+                .unwrap()
+                .checksum
+        })
+        .collect();
+    assert!(wait_for(WAIT, || (1..=3).all(|s| cluster
+        .api(s)
+        .region_checksum(FIRST_REGION)
+        .unwrap()
+        .checksum
+        == sums[0])));
+    cluster.shutdown();
+}

@@ -33,6 +33,8 @@ pub enum Filter {
     Isolate(u64),
     /// Messages between the two sides are dropped.
     Partition(Vec<u64>, Vec<u64>),
+    /// Messages to or from this store arrive this much later.
+    Delay(u64, Duration),
 }
 
 impl Filter {
@@ -42,6 +44,14 @@ impl Filter {
             Filter::Partition(a, b) => {
                 (a.contains(&from) && b.contains(&to)) || (b.contains(&from) && a.contains(&to))
             }
+            Filter::Delay(..) => false,
+        }
+    }
+
+    fn delay(&self, from: u64, to: u64) -> Option<Duration> {
+        match self {
+            Filter::Delay(s, d) if from == *s || to == *s => Some(*d),
+            _ => None,
         }
     }
 }
@@ -65,8 +75,21 @@ impl Transport for TestTransport {
                 .is_ok_and(|m| m.get_msg_type() == MessageType::MsgSnapshot);
             let (region_id, to_peer_id) = (msg.region_id, msg.to_peer.map_or(0, |p| p.id));
             let delivered = target.is_some();
-            if let Some(target) = target {
-                deliver_raft_message(target, msg);
+            let delay = self
+                .filters
+                .read()
+                .iter()
+                .find_map(|f| f.delay(from, store_id));
+            match (target, delay) {
+                (Some(target), Some(delay)) => {
+                    let target = target.clone();
+                    std::thread::spawn(move || {
+                        std::thread::sleep(delay);
+                        deliver_raft_message(&target, msg);
+                    });
+                }
+                (Some(target), None) => deliver_raft_message(target, msg),
+                (None, _) => {}
             }
             if is_snapshot {
                 if let Some(sender) = stores.get(&from) {
