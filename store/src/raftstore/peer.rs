@@ -329,6 +329,10 @@ impl Peer {
             Ok(()) => {
                 let _ = callback.send(Err(CmdError::not_leader(self.region_id, self.leader())));
             }
+            // Dropped while leadership is moving: retry with the new leader.
+            Err(raft::Error::ProposalDropped) => {
+                let _ = callback.send(Err(CmdError::not_leader(self.region_id, self.leader())));
+            }
             Err(e) => {
                 let _ = callback.send(Err(CmdError::InvalidArgument(format!(
                     "raft refused the proposal: {e}"
@@ -385,6 +389,11 @@ impl Peer {
     /// Asks raft for one read index covering every read that arrived in
     /// this round.
     pub fn flush_reads(&mut self) {
+        // raft-rs drops read requests on a leader that has not committed an
+        // entry of its term yet; keep them until it has.
+        if self.is_leader() && !self.raft.raft.commit_to_current_term() {
+            return;
+        }
         if let Some(batch) = self.unsent_read_batch.take() {
             self.raft.read_index(batch.to_be_bytes().to_vec());
         }
@@ -481,6 +490,10 @@ impl Peer {
     }
 
     fn on_applied(&mut self, ctx: &mut PollContext, result: ApplyResult) {
+        // A result produced before a snapshot replaced the data is stale.
+        if result.apply_state.applied_index <= self.raft.store().applied_index() {
+            return;
+        }
         self.written_bytes += result.written_bytes;
         self.written_keys += result.written_keys;
         self.bytes_since_split_check += result.written_bytes;
