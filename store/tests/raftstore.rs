@@ -209,14 +209,13 @@ fn split_under_concurrent_writes_loses_nothing_and_old_epochs_are_refused() {
 #[test]
 fn admin_split_at_given_keys_serves_both_halves() {
     let cluster = Cluster::new(3, &[1, 2, 3], test_config());
-    let leader = cluster.wait_leader(FIRST_REGION);
+    cluster.wait_leader(FIRST_REGION);
     cluster.must_put(b"a", b"1");
     cluster.must_put(b"z", b"2");
-    let region = cluster.region_on(leader, FIRST_REGION).unwrap();
-    let ctx = cluster.context(leader, &region);
     let regions = cluster
-        .rt
-        .block_on(cluster.api(leader).split_region(&ctx, vec![b"m".to_vec()]))
+        .on_leader(FIRST_REGION, |api, ctx| async move {
+            api.split_region(&ctx, vec![b"m".to_vec()]).await
+        })
         .unwrap();
     assert_eq!(regions.len(), 2);
     assert_eq!(regions[0].end_key, b"m".to_vec());
@@ -227,11 +226,9 @@ fn admin_split_at_given_keys_serves_both_halves() {
     cluster.must_put(b"y", b"4");
     assert_eq!(cluster.must_get(b"b"), Some(b"3".to_vec()));
     // A bad split key is refused and changes nothing.
-    let region = cluster.region_on(leader, FIRST_REGION).unwrap();
-    let ctx = cluster.context(leader, &region);
-    let err = cluster
-        .rt
-        .block_on(cluster.api(leader).split_region(&ctx, vec![b"a".to_vec()]));
+    let err = cluster.on_leader(FIRST_REGION, |api, ctx| async move {
+        api.split_region(&ctx, vec![b"a".to_vec()]).await
+    });
     assert!(err.is_err(), "{err:?}");
     cluster.shutdown();
 }
@@ -256,12 +253,10 @@ fn a_peer_added_after_log_compaction_catches_up_by_snapshot_and_leads() {
         role: 0,
     };
     cluster
-        .rt
-        .block_on(cluster.api(leader).command(change_peer(
-            &region,
-            ConfChangeType::AddNode,
-            new_peer,
-        )))
+        .on_leader(FIRST_REGION, |api, _| {
+            let request = change_peer(&region, ConfChangeType::AddNode, new_peer);
+            async move { api.command(request).await }
+        })
         .unwrap();
     assert!(
         wait_for(WAIT, || cluster.region_on(3, FIRST_REGION).is_some()),
@@ -272,9 +267,15 @@ fn a_peer_added_after_log_compaction_catches_up_by_snapshot_and_leads() {
         state.truncated_state.unwrap().index > RAFT_INIT_LOG_INDEX,
         "store 3 should start from a snapshot: {state:?}"
     );
-    cluster.send(leader, FIRST_REGION, PeerMsg::TransferLeader(new_peer));
     assert!(
-        wait_for(WAIT, || cluster.leader_of(FIRST_REGION) == Some(3)),
+        wait_for(WAIT, || match cluster.leader_of(FIRST_REGION) {
+            Some(3) => true,
+            Some(current) => {
+                cluster.send(current, FIRST_REGION, PeerMsg::TransferLeader(new_peer));
+                false
+            }
+            None => false,
+        }),
         "leadership did not move"
     );
     let region = cluster.region_on(3, FIRST_REGION).unwrap();
@@ -304,12 +305,10 @@ fn a_removed_peer_is_destroyed_and_stays_gone_after_restart() {
     let region = cluster.region_on(leader, FIRST_REGION).unwrap();
     let peer = *region.peers.iter().find(|p| p.store_id == victim).unwrap();
     cluster
-        .rt
-        .block_on(cluster.api(leader).command(change_peer(
-            &region,
-            ConfChangeType::RemoveNode,
-            peer,
-        )))
+        .on_leader(FIRST_REGION, |api, _| {
+            let request = change_peer(&region, ConfChangeType::RemoveNode, peer);
+            async move { api.command(request).await }
+        })
         .unwrap();
     assert!(wait_for(WAIT, || !cluster
         .services(victim)
@@ -429,8 +428,10 @@ fn joint_consensus_swaps_a_voter_and_leaves_the_joint_state() {
         });
     }
     let applied = cluster
-        .rt
-        .block_on(cluster.api(leader).command(request))
+        .on_leader(FIRST_REGION, |api, _| {
+            let request = request.clone();
+            async move { api.command(request).await }
+        })
         .unwrap();
     // Entering the joint state: the new voter is incoming, the old one demoting.
     let joint = &applied.regions[0];
@@ -465,12 +466,10 @@ fn joint_consensus_swaps_a_voter_and_leaves_the_joint_state() {
         .find(|p| p.id == demoted_peer.id)
         .unwrap();
     cluster
-        .rt
-        .block_on(cluster.api(leader).command(change_peer(
-            &current,
-            ConfChangeType::RemoveNode,
-            demoted_now,
-        )))
+        .on_leader(FIRST_REGION, |api, _| {
+            let request = change_peer(&current, ConfChangeType::RemoveNode, demoted_now);
+            async move { api.command(request).await }
+        })
         .unwrap();
     assert!(wait_for(WAIT, || !cluster
         .services(demoted)
@@ -494,12 +493,10 @@ fn a_stale_epoch_conf_change_is_refused() {
     let mut stale = region.clone();
     stale.region_epoch.as_mut().unwrap().conf_ver -= 1;
     let err = cluster
-        .rt
-        .block_on(cluster.api(leader).command(change_peer(
-            &stale,
-            ConfChangeType::AddLearnerNode,
-            learner,
-        )))
+        .on_leader(FIRST_REGION, |api, _| {
+            let request = change_peer(&stale, ConfChangeType::AddLearnerNode, learner);
+            async move { api.command(request).await }
+        })
         .unwrap_err();
     assert!(
         matches!(&err, CmdError::Region(e) if matches!(e.kind, Some(Kind::EpochNotMatch(_)))),
@@ -513,22 +510,28 @@ fn a_stale_epoch_conf_change_is_refused() {
 fn one_fsync_persists_the_readies_of_many_regions() {
     use std::sync::atomic::Ordering::Relaxed;
     let cluster = Cluster::new(3, &[1, 2, 3], test_config());
-    let leader = cluster.wait_leader(FIRST_REGION);
-    let region = cluster.region_on(leader, FIRST_REGION).unwrap();
-    let ctx = cluster.context(leader, &region);
+    cluster.wait_leader(FIRST_REGION);
     let split_keys: Vec<Vec<u8>> = (1..16).map(|i| format!("r{i:02}").into_bytes()).collect();
     cluster
-        .rt
-        .block_on(cluster.api(leader).split_region(&ctx, split_keys))
+        .on_leader(FIRST_REGION, |api, ctx| {
+            let keys = split_keys.clone();
+            async move { api.split_region(&ctx, keys).await }
+        })
         .unwrap();
     for i in 0..16 {
         cluster.must_put(format!("r{i:02}-warmup").as_bytes(), b"v");
     }
-    let stats = &cluster.services(leader).stats;
-    let (writes_before, readies_before) = (
-        stats.log_writes.load(Relaxed),
-        stats.persisted_readies.load(Relaxed),
-    );
+    // Summed over every store: followers group-commit too.
+    let totals = || {
+        cluster.store_ids().into_iter().fold((0, 0), |(w, r), s| {
+            let stats = &cluster.services(s).stats;
+            (
+                w + stats.log_writes.load(Relaxed),
+                r + stats.persisted_readies.load(Relaxed),
+            )
+        })
+    };
+    let (writes_before, readies_before) = totals();
     // 64 writers spread over 16 regions.
     std::thread::scope(|s| {
         for w in 0..64u32 {
@@ -540,8 +543,8 @@ fn one_fsync_persists_the_readies_of_many_regions() {
             });
         }
     });
-    let writes = stats.log_writes.load(Relaxed) - writes_before;
-    let readies = stats.persisted_readies.load(Relaxed) - readies_before;
+    let (writes_after, readies_after) = totals();
+    let (writes, readies) = (writes_after - writes_before, readies_after - readies_before);
     assert!(writes > 0);
     assert!(
         readies > writes,

@@ -309,6 +309,34 @@ impl Cluster {
         }
     }
 
+    /// Runs `op` on the leader of `region_id` with a context for that
+    /// leader's view of the region, retrying while leadership moves.
+    pub fn on_leader<T, F, Fut>(&self, region_id: u64, mut op: F) -> Result<T, CmdError>
+    where
+        F: FnMut(KvApi, Context) -> Fut,
+        Fut: std::future::Future<Output = Result<T, CmdError>>,
+    {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let leader = self.wait_leader(region_id);
+            let Some(region) = self.region_on(leader, region_id) else {
+                continue;
+            };
+            let ctx = self.context(leader, &region);
+            match self.rt.block_on(op(self.api(leader), ctx)) {
+                Err(CmdError::Region(e))
+                    if matches!(
+                        e.kind,
+                        Some(concord_proto::errorpb::error::Kind::NotLeader(_))
+                    ) && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => return other,
+            }
+        }
+    }
+
     pub fn must_put(&self, key: &[u8], value: &[u8]) {
         let (k, v) = (key.to_vec(), value.to_vec());
         self.with_leader(key, Duration::from_secs(20), |api, ctx| {
