@@ -71,12 +71,6 @@ pub fn raft_log_key(region_id: u64, index: u64) -> Vec<u8> {
     k
 }
 
-/// The log index encoded in a raft log key.
-pub fn raft_log_index(key: &[u8]) -> Option<u64> {
-    let bytes: [u8; 8] = key.get(11..19)?.try_into().ok()?;
-    Some(u64::from_be_bytes(bytes))
-}
-
 /// Key of a region's persisted raft hard state and last index.
 pub fn raft_state_key(region_id: u64) -> Vec<u8> {
     region_key(REGION_RAFT_PREFIX, region_id, RAFT_STATE_SUFFIX, 0)
@@ -135,7 +129,6 @@ mod tests {
         assert!(raft_log_key(1, 9) < raft_log_key(1, 10));
         assert!(raft_log_key(1, u64::MAX) < raft_state_key(1));
         assert!(apply_state_key(1) < raft_log_key(2, 0));
-        assert_eq!(raft_log_index(&raft_log_key(7, 42)), Some(42));
         assert_eq!(region_id_of_state_key(&region_state_key(77)), Some(77));
     }
 

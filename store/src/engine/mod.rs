@@ -87,11 +87,6 @@ impl Engine {
         })
     }
 
-    /// The directory the engine lives in.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// An empty write batch for this engine.
     pub fn write_batch(&self) -> WriteBatch {
         WriteBatch {
@@ -258,19 +253,9 @@ impl WriteBatch {
         Ok(())
     }
 
-    /// Number of operations in the batch.
-    pub fn count(&self) -> usize {
-        self.inner.len()
-    }
-
     /// Whether the batch holds no operation.
     pub fn is_empty(&self) -> bool {
         self.inner.is_empty()
-    }
-
-    /// Encoded size of the batch in bytes.
-    pub fn data_size(&self) -> usize {
-        self.inner.size_in_bytes()
     }
 }
 

@@ -195,8 +195,6 @@ pub enum PeerMsg {
         /// Whether it was delivered.
         delivered: bool,
     },
-    /// Stop and delete this peer (it was removed, or superseded).
-    Destroy,
 }
 
 impl std::fmt::Debug for PeerMsg {
@@ -214,7 +212,6 @@ impl std::fmt::Debug for PeerMsg {
             } => {
                 write!(f, "SnapshotStatus({to_peer_id}, {delivered})")
             }
-            PeerMsg::Destroy => write!(f, "Destroy"),
         }
     }
 }

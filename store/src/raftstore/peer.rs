@@ -10,7 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 
-use concord_proto::metapb::{self, PeerRole};
+use concord_proto::metapb;
 use concord_proto::raft_cmdpb::{
     admin_request, AdminRequest, CompactLogRequest, ConfChangeType, RaftCmdRequest,
     RaftRequestHeader,
@@ -126,11 +126,6 @@ impl Peer {
         self.raft.raft.state == StateRole::Leader
     }
 
-    /// Whether the peer was destroyed and must not run again.
-    pub fn is_destroyed(&self) -> bool {
-        self.destroyed
-    }
-
     /// Makes this peer start an election (a freshly split region whose
     /// parent was led here).
     pub fn campaign(&mut self) {
@@ -184,7 +179,6 @@ impl Peer {
                 };
                 self.raft.report_snapshot(to_peer_id, status);
             }
-            PeerMsg::Destroy => self.destroy(ctx),
         }
     }
 
@@ -480,7 +474,7 @@ impl Peer {
     }
 
     /// A request header addressed to this peer at the current epoch.
-    pub fn header(&self) -> RaftRequestHeader {
+    fn header(&self) -> RaftRequestHeader {
         RaftRequestHeader {
             region_id: self.region_id,
             peer: Some(self.meta),
@@ -818,15 +812,5 @@ impl Peer {
             message: m.write_to_bytes().expect("raft messages encode"),
             is_tombstone: false,
         });
-    }
-
-    /// The peers whose role is voter in the current configuration.
-    pub fn voters(&self) -> Vec<metapb::Peer> {
-        self.region()
-            .peers
-            .iter()
-            .filter(|p| matches!(p.role(), PeerRole::Voter | PeerRole::IncomingVoter))
-            .cloned()
-            .collect()
     }
 }

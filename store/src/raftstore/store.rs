@@ -262,11 +262,6 @@ impl Store {
         })
     }
 
-    /// This store's id.
-    pub fn id(&self) -> u64 {
-        self.services.store_id
-    }
-
     /// The store's services (router, engine, settings) for the KV service.
     pub fn services(&self) -> &StoreServices {
         &self.services
