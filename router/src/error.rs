@@ -40,9 +40,10 @@ impl Error {
             Error::Unavailable(msg) => Status::unavailable(msg.clone()),
             Error::Config(msg) => Status::failed_precondition(msg.clone()),
         };
-        status
-            .metadata_mut()
-            .insert(ROUTER_ERROR_METADATA, tonic::metadata::MetadataValue::from_static("1"));
+        status.metadata_mut().insert(
+            ROUTER_ERROR_METADATA,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
         status
     }
 

@@ -3,7 +3,9 @@
 //! time after which a request fails with one clear error.
 
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use rand::Rng;
 
@@ -33,11 +35,13 @@ pub enum RetryReason {
     StoreError,
     /// PD could not be reached or did not know the region or store.
     PdUnavailable,
+    /// A router (client side of `connect_routers`) could not be reached.
+    RouterUnreachable,
 }
 
 impl RetryReason {
     /// Every reason, in metrics order.
-    pub const ALL: [RetryReason; 10] = [
+    pub const ALL: [RetryReason; 11] = [
         RetryReason::NotLeader,
         RetryReason::EpochNotMatch,
         RetryReason::RegionNotFound,
@@ -48,6 +52,7 @@ impl RetryReason {
         RetryReason::StoreUnreachable,
         RetryReason::StoreError,
         RetryReason::PdUnavailable,
+        RetryReason::RouterUnreachable,
     ];
 
     /// A stable snake_case name (metrics label).
@@ -63,6 +68,7 @@ impl RetryReason {
             RetryReason::StoreUnreachable => "store_unreachable",
             RetryReason::StoreError => "store_error",
             RetryReason::PdUnavailable => "pd_unavailable",
+            RetryReason::RouterUnreachable => "router_unreachable",
         }
     }
 
@@ -253,7 +259,11 @@ mod tests {
         for cap in expected_caps {
             let d = b.next_delay(&retry);
             let cap = Duration::from_millis(cap);
-            assert!(d >= cap / 2 && d <= cap, "{d:?} not in [{:?}, {cap:?}]", cap / 2);
+            assert!(
+                d >= cap / 2 && d <= cap,
+                "{d:?} not in [{:?}, {cap:?}]",
+                cap / 2
+            );
         }
     }
 
@@ -279,10 +289,13 @@ mod tests {
         assert!(b.next_delay(&retry) >= Duration::from_millis(500));
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn the_budget_ends_in_one_clear_error() {
-        let mut b = Backoff::new("raw_put", config(1_000));
-        let retry = Retry::backoff(RetryReason::StoreUnreachable, "store 2 at 127.0.0.1:1 refused");
+        let mut b = Backoff::new("raw_put", config(300));
+        let retry = Retry::backoff(
+            RetryReason::StoreUnreachable,
+            "store 2 at 127.0.0.1:1 refused",
+        );
         let err = loop {
             if let Err(e) = b.wait(&retry).await {
                 break e;
@@ -294,6 +307,6 @@ mod tests {
         assert!(msg.starts_with("raw_put gave up after"), "{msg}");
         assert!(msg.contains("store_unreachable"), "{msg}");
         assert!(msg.contains("store 2 at 127.0.0.1:1 refused"), "{msg}");
-        assert!(b.failures() > 5);
+        assert!(b.failures() >= 3, "{} failures", b.failures());
     }
 }
