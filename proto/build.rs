@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/raft_cmdpb.proto",
         "proto/pdpb.proto",
         "proto/routerpb.proto",
+        "proto/pd_raftpb.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -1,9 +1,11 @@
 //! Child processes of the real binaries, killed when dropped so that a
 //! failing test never leaves servers behind.
 
+use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// A free port on 127.0.0.1, as the OS hands them out.
@@ -24,22 +26,26 @@ pub fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// A running binary; killed (SIGKILL) on drop.
+/// A running binary; killed (SIGKILL) on drop. Its stderr goes to a log
+/// file; its stdout lines can be awaited with [`Proc::wait_line`].
 pub struct Proc {
     name: String,
     args: Vec<String>,
     log: PathBuf,
     child: Option<Child>,
+    stdout: Option<mpsc::Receiver<String>>,
 }
 
 impl Proc {
-    /// Starts `binary` with `args`, its output going to `log`.
+    /// Starts the workspace binary `binary` with `args`, its stderr going
+    /// to `log`.
     pub fn start(binary: &str, args: Vec<String>, log: PathBuf) -> Proc {
         let mut p = Proc {
             name: binary.to_string(),
             args,
             log,
             child: None,
+            stdout: None,
         };
         p.restart();
         p
@@ -54,9 +60,9 @@ impl Proc {
             .append(true)
             .open(&self.log)
             .expect("open process log");
-        let child = Command::new(&path)
+        let mut child = Command::new(&path)
             .args(&self.args)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| {
@@ -65,7 +71,37 @@ impl Proc {
                     path.display()
                 )
             });
+        let (tx, rx) = mpsc::channel();
+        if let Some(out) = child.stdout.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        self.stdout = Some(rx);
         self.child = Some(child);
+    }
+
+    /// The first stdout line starting with `prefix`, waiting up to
+    /// `timeout`; panics with the log tail if none comes.
+    pub fn wait_line(&self, prefix: &str, timeout: Duration) -> String {
+        let rx = self.stdout.as_ref().expect("process started");
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return line,
+                Ok(_) => continue,
+                Err(_) => panic!(
+                    "{} printed no {prefix:?} line; log:\n{}",
+                    self.name,
+                    self.log_tail()
+                ),
+            }
+        }
     }
 
     /// SIGKILL, and wait for the process to be gone.
@@ -98,11 +134,23 @@ impl Proc {
         false
     }
 
-    /// The process log, for failure messages.
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The whole process log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The last lines of the process log, for failure messages.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let text = self.log();
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        lines[lines.len().saturating_sub(40)..].join("\n")
     }
 }
 

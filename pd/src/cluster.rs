@@ -4,6 +4,7 @@
 //! callers run them on a blocking thread.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use concord_proto::{metapb, pdpb};
@@ -12,9 +13,11 @@ use parking_lot::{Mutex, RwLock};
 use crate::config::PdConfig;
 use crate::error::{PdServerError, Result};
 use crate::id_alloc::IdAllocator;
+use crate::members::Membership;
 use crate::metrics::{Gauges, Metrics};
 use crate::operator::{OpKind, OpProgress, OpStep, Operator};
 use crate::region_tree::{RegionEntry, RegionStats, RegionTree};
+use crate::replication::Replicator;
 use crate::schedule::{self, ScheduleConfig, Snapshot, StoreView};
 use crate::storage::{MetaBatch, MetaStorage};
 use crate::tso::TsoOracle;
@@ -155,11 +158,14 @@ pub struct Cluster {
     cluster: metapb::Cluster,
     meta: RwLock<Meta>,
     ids: Mutex<IdAllocator>,
-    tso: Mutex<TsoOracle>,
+    /// Started when this member takes over as leader.
+    tso: Mutex<Option<TsoOracle>>,
     operators: Mutex<HashMap<u64, Operator>>,
     schedule: RwLock<ScheduleConfig>,
     metrics: Metrics,
     started_at: SystemTime,
+    /// The raft term this member took over as leader in (0: never).
+    serving_term: Mutex<u64>,
 }
 
 fn new_cluster_id() -> u64 {
@@ -190,88 +196,206 @@ fn check_epoch_present(region: &metapb::Region) -> Result<()> {
     Ok(())
 }
 
+/// How long a single-member PD may take to elect itself.
+const SINGLE_MEMBER_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a member waiting for the cluster record looks again.
+const CLUSTER_RECORD_POLL: Duration = Duration::from_secs(5);
+
+fn load_meta(storage: &MetaStorage, now: SystemTime) -> Result<Meta> {
+    let stores = storage
+        .load_stores()?
+        .into_iter()
+        .map(|meta| {
+            let info = StoreInfo {
+                meta,
+                stats: None,
+                last_heartbeat: None,
+                known_since: now,
+            };
+            (info.meta.id, info)
+        })
+        .collect();
+    let mut regions = RegionTree::default();
+    for region in storage.load_regions()? {
+        regions.insert(RegionEntry {
+            region,
+            leader: None,
+            stats: RegionStats::default(),
+        });
+    }
+    Ok(Meta {
+        bootstrapped: storage.is_bootstrapped()?,
+        stores,
+        regions,
+    })
+}
+
+fn load_schedule(storage: &MetaStorage, config: &PdConfig) -> Result<ScheduleConfig> {
+    Ok(match storage.load_schedule_config()? {
+        Some(saved) => {
+            tracing::info!(
+                "scheduling configuration restored from the metadata store; \
+                 change it with `pd-ctl config set`"
+            );
+            saved
+        }
+        None => ScheduleConfig {
+            max_replicas: config.max_replicas as usize,
+            max_store_down_time: Duration::from_secs(config.max_store_down_time_secs),
+            region_limit: config.region_schedule_limit,
+            leader_limit: config.leader_schedule_limit,
+            location_labels: config.location_labels.clone(),
+            ..ScheduleConfig::default()
+        },
+    })
+}
+
 impl Cluster {
-    /// Opens the metadata under `config.data_dir`, creating a new cluster id
-    /// on first start and reloading stores, regions and allocators after.
+    /// Opens the metadata under `config.data_dir` as a single-member PD
+    /// (its own one-member raft group), creating a new cluster id on first
+    /// start and reloading stores, regions and allocators after. Returns
+    /// once this member serves.
     pub fn open(config: &PdConfig) -> Result<Self> {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir)?;
-        let storage = MetaStorage::open(&config.data_dir)?;
-        let cluster = match storage.load_cluster()? {
-            Some(mut cluster) => {
-                if cluster.max_peer_count != config.max_replicas {
-                    cluster.max_peer_count = config.max_replicas;
-                    storage.save_cluster(&cluster)?;
-                }
-                cluster
-            }
-            None => {
-                let cluster = metapb::Cluster {
-                    id: new_cluster_id(),
-                    max_peer_count: config.max_replicas,
-                };
-                storage.save_cluster(&cluster)?;
-                cluster
-            }
-        };
+        let members = Membership::new(config, &config.addr, &config.http_addr, &config.peer_addr)?;
+        let storage = MetaStorage::open_replicated(
+            &config.data_dir,
+            Arc::new(members),
+            Duration::from_millis(config.election_timeout_ms),
+            None,
+        )?;
+        Self::open_on(config, storage)
+    }
+
+    /// The PD over an opened (possibly replicated) metadata store. Waits
+    /// until the group has a cluster record, creating it when this member
+    /// leads a group without one; takes over at once if it leads (a
+    /// single-member PD always does before this returns).
+    pub fn open_on(config: &PdConfig, storage: MetaStorage) -> Result<Self> {
+        config.validate()?;
+        let cluster = Self::wait_for_cluster_record(&storage)?;
         let now = SystemTime::now();
-        let stores = storage
-            .load_stores()?
-            .into_iter()
-            .map(|meta| {
-                let info = StoreInfo {
-                    meta,
-                    stats: None,
-                    last_heartbeat: None,
-                    known_since: now,
-                };
-                (info.meta.id, info)
-            })
-            .collect();
-        let mut regions = RegionTree::default();
-        for region in storage.load_regions()? {
-            regions.insert(RegionEntry {
-                region,
-                leader: None,
-                stats: RegionStats::default(),
-            });
-        }
-        let meta = Meta {
-            bootstrapped: storage.is_bootstrapped()?,
-            stores,
-            regions,
-        };
-        let schedule = match storage.load_schedule_config()? {
-            Some(saved) => {
-                tracing::info!(
-                    "scheduling configuration restored from the metadata store; \
-                     change it with `pd-ctl config set`"
-                );
-                saved
-            }
-            None => ScheduleConfig {
-                max_replicas: config.max_replicas as usize,
-                max_store_down_time: Duration::from_secs(config.max_store_down_time_secs),
-                region_limit: config.region_schedule_limit,
-                leader_limit: config.leader_schedule_limit,
-                location_labels: config.location_labels.clone(),
-                ..ScheduleConfig::default()
-            },
-        };
+        let meta = load_meta(&storage, now)?;
+        let schedule = load_schedule(&storage, config)?;
         let ids = IdAllocator::load(&storage, config.id_batch)?;
-        let tso = TsoOracle::load(&storage, config.tso_save_window_ms)?;
-        Ok(Cluster {
+        let opened = Cluster {
             storage,
             config: config.clone(),
             cluster,
             meta: RwLock::new(meta),
             ids: Mutex::new(ids),
-            tso: Mutex::new(tso),
+            tso: Mutex::new(None),
             operators: Mutex::new(HashMap::new()),
             schedule: RwLock::new(schedule),
             metrics: Metrics::default(),
             started_at: now,
-        })
+            serving_term: Mutex::new(0),
+        };
+        if opened.replication().members().voters().len() == 1 {
+            let status = opened
+                .replication()
+                .wait_status(SINGLE_MEMBER_READY_TIMEOUT, |s| s.leader_ready);
+            if !status.leader_ready {
+                return Err(PdServerError::Replication(
+                    "a single-member PD did not become leader".into(),
+                ));
+            }
+        }
+        match opened.ensure_leader() {
+            Ok(()) => Ok(opened),
+            Err(PdServerError::NotLeader { .. })
+                if opened.replication().members().voters().len() > 1 =>
+            {
+                Ok(opened)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn wait_for_cluster_record(storage: &MetaStorage) -> Result<metapb::Cluster> {
+        let mut waited_since = Instant::now();
+        loop {
+            if let Some(cluster) = storage.load_cluster()? {
+                return Ok(cluster);
+            }
+            let before = storage.replicator().status();
+            if before.leader_ready {
+                let cluster = metapb::Cluster {
+                    id: new_cluster_id(),
+                    max_peer_count: 0,
+                };
+                match storage.save_cluster(&cluster) {
+                    Ok(()) => return Ok(cluster),
+                    Err(PdServerError::NotLeader { .. } | PdServerError::Replication(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let status = storage.replicator().wait_status(CLUSTER_RECORD_POLL, |s| {
+                s.leader_ready || s.applied != before.applied
+            });
+            if status.stopped {
+                return Err(PdServerError::Replication(
+                    "the raft thread stopped before the cluster record arrived".into(),
+                ));
+            }
+            if waited_since.elapsed() >= CLUSTER_RECORD_POLL * 2 {
+                tracing::info!(
+                    leader_id = status.leader_id,
+                    "waiting for the PD group to elect a leader and agree on the cluster"
+                );
+                waited_since = Instant::now();
+            }
+        }
+    }
+
+    /// Serves as leader if this member leads the raft group: on the first
+    /// call in a new term, reloads stores, regions and the scheduling
+    /// configuration from the replicated metadata and restarts the id
+    /// allocator and the TSO past their replicated high-water marks.
+    /// Otherwise answers [`PdServerError::NotLeader`] with the leader.
+    pub fn ensure_leader(&self) -> Result<()> {
+        let status = self.replication().status();
+        if !status.leader_ready {
+            return Err(self.replication().not_leader());
+        }
+        let mut serving = self.serving_term.lock();
+        if *serving == status.term {
+            return Ok(());
+        }
+        tracing::info!(term = status.term, name = %self.config.name, "PD member takes over as leader");
+        self.take_over()?;
+        *serving = status.term;
+        Ok(())
+    }
+
+    fn take_over(&self) -> Result<()> {
+        if let Some(mut record) = self.storage.load_cluster()? {
+            if record.max_peer_count != self.config.max_replicas {
+                record.max_peer_count = self.config.max_replicas;
+                self.storage.save_cluster(&record)?;
+            }
+        }
+        let meta = load_meta(&self.storage, SystemTime::now())?;
+        let schedule = load_schedule(&self.storage, &self.config)?;
+        let ids = IdAllocator::load(&self.storage, self.config.id_batch)?;
+        let tso = TsoOracle::load(&self.storage, self.config.tso_save_window_ms)?;
+        *self.meta.write() = meta;
+        *self.schedule.write() = schedule;
+        *self.ids.lock() = ids;
+        *self.tso.lock() = Some(tso);
+        self.operators.lock().clear();
+        Ok(())
+    }
+
+    /// This member's raft node (status, leader, members).
+    pub fn replication(&self) -> &Replicator {
+        self.storage.replicator()
+    }
+
+    /// Stops replicating: this member goes silent to the group.
+    pub fn stop_replication(&self) {
+        self.replication().stop();
     }
 
     /// This cluster's id.
@@ -400,7 +524,13 @@ impl Cluster {
 
     /// `count` consecutive timestamps; returns the last.
     pub fn tso(&self, count: u32) -> Result<pdpb::Timestamp> {
-        let ts = self.tso.lock().next(&self.storage, count)?;
+        let ts = {
+            let mut tso = self.tso.lock();
+            let oracle = tso
+                .as_mut()
+                .ok_or_else(|| self.replication().not_leader())?;
+            oracle.next(&self.storage, count)?
+        };
         Metrics::add(&self.metrics.tso_requests, 1);
         Metrics::add(&self.metrics.tso_timestamps, u64::from(count));
         Ok(ts)

@@ -13,6 +13,10 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:2379";
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:2380";
 /// Default data directory.
 pub const DEFAULT_DATA_DIR: &str = "./pd-data";
+/// Default member-to-member (raft) listen address.
+pub const DEFAULT_PEER_ADDR: &str = "127.0.0.1:2381";
+/// Default raft election timeout of a replicated PD, in ms.
+pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 1000;
 
 /// The effective PD configuration.
 ///
@@ -23,7 +27,7 @@ pub const DEFAULT_DATA_DIR: &str = "./pd-data";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct PdConfig {
-    /// Name of this PD member.
+    /// Name of this PD member (its key in `initial-cluster`).
     pub name: String,
     /// gRPC listen address (port 0: any free port).
     pub addr: String,
@@ -49,6 +53,15 @@ pub struct PdConfig {
     pub leader_schedule_limit: usize,
     /// Milliseconds between scheduling rounds (0: no background scheduling).
     pub schedule_interval_ms: u64,
+    /// Member-to-member (raft) listen address; used only when
+    /// `initial-cluster` names several members.
+    pub peer_addr: String,
+    /// The PD members as `name=peer-addr,...` (this member's `name`
+    /// included); empty: a single-member PD.
+    pub initial_cluster: String,
+    /// Raft election timeout in ms: a new PD leader is elected within
+    /// about twice this after the old one dies.
+    pub election_timeout_ms: u64,
 }
 
 impl Default for PdConfig {
@@ -66,6 +79,9 @@ impl Default for PdConfig {
             region_schedule_limit: 4,
             leader_schedule_limit: 4,
             schedule_interval_ms: 1000,
+            peer_addr: DEFAULT_PEER_ADDR.into(),
+            initial_cluster: String::new(),
+            election_timeout_ms: DEFAULT_ELECTION_TIMEOUT_MS,
         }
     }
 }
@@ -101,6 +117,18 @@ pub struct CliArgs {
     /// zone,rack,host [default: none]
     #[arg(long, value_name = "KEYS", value_delimiter = ',')]
     pub location_labels: Option<Vec<String>>,
+    /// Member-to-member (raft) listen address of a replicated PD
+    /// [default: 127.0.0.1:2381]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub peer_addr: Option<String>,
+    /// The PD members, e.g. pd1=127.0.0.1:2381,pd2=...,pd3=... (peer
+    /// addresses; --name must be one of them) [default: none, a
+    /// single-member PD]
+    #[arg(long, value_name = "NAME=ADDR,...")]
+    pub initial_cluster: Option<String>,
+    /// Raft election timeout of a replicated PD in ms [default: 1000]
+    #[arg(long, value_name = "MS")]
+    pub election_timeout_ms: Option<u64>,
 }
 
 impl PdConfig {
@@ -139,6 +167,15 @@ impl PdConfig {
         if let Some(v) = args.location_labels {
             config.location_labels = v;
         }
+        if let Some(v) = args.peer_addr {
+            config.peer_addr = v;
+        }
+        if let Some(v) = args.initial_cluster {
+            config.initial_cluster = v;
+        }
+        if let Some(v) = args.election_timeout_ms {
+            config.election_timeout_ms = v;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -155,6 +192,20 @@ impl PdConfig {
         }
         if self.id_batch == 0 {
             return Err(PdServerError::Config("id-batch must be >= 1".into()));
+        }
+        if self.election_timeout_ms < 10 {
+            return Err(PdServerError::Config(
+                "election-timeout-ms must be >= 10".into(),
+            ));
+        }
+        if !self.initial_cluster.trim().is_empty() {
+            let members = crate::members::parse_initial_cluster(&self.initial_cluster)?;
+            if !members.iter().any(|m| m.name == self.name) {
+                return Err(PdServerError::Config(format!(
+                    "name {:?} is not listed in initial-cluster",
+                    self.name
+                )));
+            }
         }
         Ok(())
     }

@@ -1,5 +1,6 @@
 //! Errors of the PD server side (metadata, allocators, services).
 
+use concord_proto::pd_raftpb::MemberInfo;
 use concord_proto::pdpb::ErrorType;
 
 /// What can go wrong inside PD.
@@ -45,6 +46,16 @@ pub enum PdServerError {
     /// A configuration value is invalid.
     #[error("configuration: {0}")]
     Config(String),
+    /// This PD member does not lead the PD group; `leader` is the leader
+    /// it knows of.
+    #[error("this PD member is not the leader{}", leader_hint(.leader))]
+    NotLeader {
+        /// The current leader, when known.
+        leader: Option<Box<MemberInfo>>,
+    },
+    /// Replicating a metadata write through the PD group failed.
+    #[error("replication: {0}")]
+    Replication(String),
     /// Binding or serving a socket failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
@@ -61,11 +72,23 @@ impl PdServerError {
             PdServerError::RegionNotFound(_) => ErrorType::RegionNotFound,
             PdServerError::InvalidArgument(_) => ErrorType::InvalidArgument,
             PdServerError::ClusterMismatch { .. } => ErrorType::ClusterMismatch,
+            PdServerError::NotLeader { .. } => ErrorType::NotLeader,
             PdServerError::Storage(_)
             | PdServerError::Corrupt { .. }
             | PdServerError::Config(_)
+            | PdServerError::Replication(_)
             | PdServerError::Io(_) => ErrorType::Unknown,
         }
+    }
+}
+
+fn leader_hint(leader: &Option<Box<MemberInfo>>) -> String {
+    match leader {
+        Some(m) if !m.client_url.is_empty() => {
+            format!("; the leader is {} at {}", m.name, m.client_url)
+        }
+        Some(m) => format!("; the leader is {}", m.name),
+        None => "; no leader is known yet".into(),
     }
 }
 

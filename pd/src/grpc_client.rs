@@ -1,12 +1,15 @@
-//! The gRPC implementation of [`PdClient`]: connects to the first reachable
-//! of a list of PD addresses, retries once on a broken connection, keeps one
-//! bidirectional region-heartbeat stream open (reconnecting it when it
-//! breaks) and batches timestamp requests over one TSO stream.
+//! The gRPC implementation of [`PdClient`]: finds the PD leader through any
+//! reachable member of a list of PD addresses (`GetMembers`), follows
+//! `NOT_LEADER` answers and broken connections to the new leader (retrying
+//! for a while, so a PD leader change is invisible to callers), keeps one
+//! bidirectional region-heartbeat stream open to the leader (reconnecting
+//! it when it breaks or the leader changes) and batches timestamp requests
+//! over one TSO stream, re-sending unanswered ones after a leader change.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use concord_proto::pdpb::pd_client::PdClient as PdGrpc;
 use concord_proto::{metapb, pdpb};
@@ -23,6 +26,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const QUEUE_CAPACITY: usize = 1024;
+/// How long calls keep retrying while PD has no reachable leader (covers
+/// a PD leader election).
+const FAILOVER_DEADLINE: Duration = Duration::from_secs(8);
+/// Longest pause between two retries of a call.
+const MAX_RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 /// A live connection to one PD member.
 #[derive(Clone)]
@@ -63,6 +71,13 @@ fn is_transport_failure(status: &Status) -> bool {
         status.code(),
         Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
     )
+}
+
+/// Whether a response header says the member is not the PD leader.
+fn is_not_leader(header: Option<&pdpb::ResponseHeader>) -> bool {
+    header
+        .and_then(|h| h.error.as_ref())
+        .is_some_and(|e| e.r#type() == pdpb::ErrorType::NotLeader)
 }
 
 /// Response types that carry a PD header.
@@ -127,7 +142,8 @@ impl Shared {
         }
     }
 
-    async fn connect_one(addr: &str) -> Result<Conn, String> {
+    /// Connects to `addr` and asks it for the members.
+    async fn members_of(addr: &str) -> Result<(PdGrpc<Channel>, pdpb::GetMembersResponse), String> {
         let endpoint = Endpoint::from_shared(url(addr))
             .map_err(|e| format!("{addr}: bad address: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT)
@@ -146,11 +162,30 @@ impl Shared {
         .map_err(|s| format!("{addr}: {}", s.message()))?
         .into_inner();
         check_header(members.header()).map_err(|e| format!("{addr}: {e}"))?;
+        Ok((client, members))
+    }
+
+    /// Connects to the PD leader as `addr` knows it: `addr` itself when it
+    /// leads, else the leader it names.
+    async fn connect_one(addr: &str) -> Result<Conn, String> {
+        let (client, members) = Self::members_of(addr).await?;
+        let leader_url = members
+            .leader
+            .as_ref()
+            .and_then(|m| m.client_urls.first())
+            .cloned()
+            .ok_or_else(|| format!("{addr}: knows no PD leader"))?;
+        let (client, members, addr) = if leader_url == url(addr) {
+            (client, members, addr.to_string())
+        } else {
+            let (client, members) = Self::members_of(&leader_url).await?;
+            (client, members, leader_url)
+        };
         let cluster_id = members.header.map_or(0, |h| h.cluster_id);
         Ok(Conn {
             client,
             cluster_id,
-            addr: addr.to_string(),
+            addr,
         })
     }
 
@@ -262,6 +297,10 @@ async fn heartbeat_loop(
                 },
                 msg = inbound.message() => match msg {
                     Ok(Some(resp)) => {
+                        if is_not_leader(resp.header.as_ref()) {
+                            tracing::info!(addr = %conn.addr, "PD member no longer leads; reconnecting the heartbeat stream");
+                            break;
+                        }
                         if let Err(e) = check_header(resp.header.as_ref()) {
                             tracing::warn!(error = %e, "PD rejected a region heartbeat");
                         }
@@ -342,61 +381,106 @@ fn answer(resp: pdpb::TsoResponse, waiters: Vec<TsoWaiter>) {
     }
 }
 
+/// The TSO stream task. Waiters whose request went unanswered because the
+/// stream broke or the member stopped leading are re-sent on the next
+/// connection; they fail only when no leader answers for
+/// [`FAILOVER_DEADLINE`].
 async fn tso_loop(shared: Arc<Shared>, mut queue: mpsc::Receiver<TsoWaiter>) {
+    let mut carried: Vec<TsoWaiter> = Vec::new();
+    let mut failing_since: Option<Instant> = None;
+    let mut pause = MIN_BACKOFF;
     loop {
-        let Some(first) = queue.recv().await else {
+        let waiting = if carried.is_empty() {
+            let Some(first) = queue.recv().await else {
+                return;
+            };
+            batch(first, &mut queue)
+        } else {
+            let mut waiting = std::mem::take(&mut carried);
+            while let Ok(w) = queue.try_recv() {
+                waiting.push(w);
+            }
+            waiting
+        };
+        let (reason, unanswered) =
+            tso_session(&shared, &mut queue, waiting, &mut failing_since).await;
+        let Some(reason) = reason else {
             return;
         };
-        let waiting = batch(first, &mut queue);
-        let conn = match shared.conn().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                fail_all(&shared, waiting, &e.to_string());
-                continue;
-            }
-        };
-        let (tx, rx) = mpsc::channel(256);
-        let mut client = conn.client.clone();
-        let mut inbound = match client.tso(ReceiverStream::new(rx)).await {
-            Ok(resp) => resp.into_inner(),
-            Err(status) => {
-                shared.reset(&conn).await;
-                fail_all(&shared, waiting, status.message());
-                continue;
-            }
-        };
-        let mut in_flight: VecDeque<Vec<TsoWaiter>> = VecDeque::new();
-        let mut next = Some(waiting);
-        let reason = loop {
-            if let Some(waiters) = next.take() {
-                let req = pdpb::TsoRequest {
-                    header: Some(conn.header()),
-                    count: waiters.len() as u32,
-                };
-                in_flight.push_back(waiters);
-                if tx.send(req).await.is_err() {
-                    break "TSO stream closed".to_string();
-                }
-            }
-            tokio::select! {
-                w = queue.recv() => match w {
-                    Some(first) => next = Some(batch(first, &mut queue)),
-                    None => return,
-                },
-                msg = inbound.message() => match msg {
-                    Ok(Some(resp)) => match in_flight.pop_front() {
-                        Some(waiters) => answer(resp, waiters),
-                        None => break "unexpected TSO response".to_string(),
-                    },
-                    Ok(None) => break "TSO stream ended".to_string(),
-                    Err(status) => break status.message().to_string(),
-                },
-            }
-        };
-        tracing::warn!(%reason, addr = %conn.addr, "TSO stream broke");
-        shared.reset(&conn).await;
-        fail_all(&shared, in_flight.into_iter().flatten(), &reason);
+        let since = *failing_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= FAILOVER_DEADLINE {
+            fail_all(&shared, unanswered, &reason);
+            failing_since = None;
+            pause = MIN_BACKOFF;
+            continue;
+        }
+        tracing::debug!(%reason, "TSO stream broke; retrying on the PD leader");
+        carried = unanswered;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(MAX_RETRY_PAUSE);
     }
+}
+
+/// Serves waiters over one TSO stream until it breaks; returns why (None:
+/// the client is gone) and the waiters left unanswered.
+async fn tso_session(
+    shared: &Shared,
+    queue: &mut mpsc::Receiver<TsoWaiter>,
+    waiting: Vec<TsoWaiter>,
+    failing_since: &mut Option<Instant>,
+) -> (Option<String>, Vec<TsoWaiter>) {
+    let conn = match shared.conn().await {
+        Ok(conn) => conn,
+        Err(e) => return (Some(e.to_string()), waiting),
+    };
+    let (tx, rx) = mpsc::channel(256);
+    let mut client = conn.client.clone();
+    let mut inbound = match client.tso(ReceiverStream::new(rx)).await {
+        Ok(resp) => resp.into_inner(),
+        Err(status) => {
+            shared.reset(&conn).await;
+            return (Some(status.message().to_string()), waiting);
+        }
+    };
+    let mut in_flight: VecDeque<Vec<TsoWaiter>> = VecDeque::new();
+    let mut next = Some(waiting);
+    let reason = loop {
+        if let Some(waiters) = next.take() {
+            let req = pdpb::TsoRequest {
+                header: Some(conn.header()),
+                count: waiters.len() as u32,
+            };
+            in_flight.push_back(waiters);
+            if tx.send(req).await.is_err() {
+                break "TSO stream closed".to_string();
+            }
+        }
+        tokio::select! {
+            w = queue.recv() => match w {
+                Some(first) => next = Some(batch(first, queue)),
+                None => return (None, Vec::new()),
+            },
+            msg = inbound.message() => match msg {
+                Ok(Some(resp)) if is_not_leader(resp.header.as_ref()) => {
+                    break format!("{} is not the PD leader", conn.addr);
+                }
+                Ok(Some(resp)) => match in_flight.pop_front() {
+                    Some(waiters) => {
+                        *failing_since = None;
+                        answer(resp, waiters);
+                    }
+                    None => break "unexpected TSO response".to_string(),
+                },
+                Ok(None) => break "TSO stream ended".to_string(),
+                Err(status) => break status.message().to_string(),
+            },
+        }
+    };
+    tracing::warn!(%reason, addr = %conn.addr, "TSO stream broke");
+    shared.reset(&conn).await;
+    let mut unanswered: Vec<TsoWaiter> = in_flight.into_iter().flatten().collect();
+    unanswered.extend(next.into_iter().flatten());
+    (Some(reason), unanswered)
 }
 
 impl GrpcPdClient {
@@ -436,42 +520,60 @@ impl GrpcPdClient {
         Ok(self.shared.conn().await?.cluster_id)
     }
 
-    /// Runs a unary call, reconnecting and retrying once when the
-    /// connection failed.
+    /// Runs a unary call on the PD leader. When the connection fails or
+    /// the member is no longer the leader, finds the leader again and
+    /// retries, with growing pauses, for up to [`FAILOVER_DEADLINE`].
     async fn call<T, F, Fut>(&self, f: F) -> PdResult<T>
     where
         T: HasHeader,
         F: Fn(PdGrpc<Channel>, pdpb::RequestHeader) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let mut last_failure = String::new();
-        for _attempt in 0..2 {
-            let conn = self.shared.conn().await?;
-            let outcome =
-                tokio::time::timeout(REQUEST_TIMEOUT, f(conn.client.clone(), conn.header())).await;
-            match outcome {
-                Ok(Ok(resp)) => {
-                    let resp = resp.into_inner();
-                    check_header(resp.header())?;
-                    return Ok(resp);
+        let deadline = Instant::now() + FAILOVER_DEADLINE;
+        let mut pause = MIN_BACKOFF;
+        loop {
+            let failure = match self.shared.conn().await {
+                Err(e) => e.to_string(),
+                Ok(conn) => {
+                    let outcome = tokio::time::timeout(
+                        REQUEST_TIMEOUT,
+                        f(conn.client.clone(), conn.header()),
+                    )
+                    .await;
+                    match outcome {
+                        Ok(Ok(resp)) => {
+                            let resp = resp.into_inner();
+                            if !is_not_leader(resp.header()) {
+                                check_header(resp.header())?;
+                                return Ok(resp);
+                            }
+                            self.shared.reset(&conn).await;
+                            format!("{}: not the PD leader", conn.addr)
+                        }
+                        Ok(Err(status)) if is_transport_failure(&status) => {
+                            self.shared.reset(&conn).await;
+                            format!("{}: {}", conn.addr, status.message())
+                        }
+                        Ok(Err(status)) => {
+                            return Err(PdError::Server {
+                                kind: pdpb::ErrorType::Unknown,
+                                message: status.message().to_string(),
+                            })
+                        }
+                        Err(_) => {
+                            self.shared.reset(&conn).await;
+                            format!("{}: request timed out", conn.addr)
+                        }
+                    }
                 }
-                Ok(Err(status)) if is_transport_failure(&status) => {
-                    last_failure = format!("{}: {}", conn.addr, status.message());
-                    self.shared.reset(&conn).await;
-                }
-                Ok(Err(status)) => {
-                    return Err(PdError::Server {
-                        kind: pdpb::ErrorType::Unknown,
-                        message: status.message().to_string(),
-                    })
-                }
-                Err(_) => {
-                    last_failure = format!("{}: request timed out", conn.addr);
-                    self.shared.reset(&conn).await;
-                }
+            };
+            if Instant::now() + pause > deadline {
+                return Err(self.shared.unreachable(failure));
             }
+            tracing::debug!(%failure, "PD call failed; finding the leader again");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_RETRY_PAUSE);
         }
-        Err(self.shared.unreachable(last_failure))
     }
 }
 

@@ -1,5 +1,5 @@
 //! The HTTP JSON API (what `pd-ctl` and dashboards use), `/metrics` in the
-//! Prometheus text format and `/status`.
+//! Prometheus text format, `/status` and the web view ([`crate::dashboard`]).
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -38,10 +38,13 @@ impl From<PdServerError> for ApiError {
             PdServerError::AlreadyBootstrapped | PdServerError::StoreTombstone(_) => {
                 StatusCode::CONFLICT
             }
-            PdServerError::NotBootstrapped => StatusCode::SERVICE_UNAVAILABLE,
+            PdServerError::NotBootstrapped | PdServerError::NotLeader { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             PdServerError::Storage(_)
             | PdServerError::Corrupt { .. }
             | PdServerError::Config(_)
+            | PdServerError::Replication(_)
             | PdServerError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(code, err.to_string())
@@ -301,16 +304,7 @@ async fn operators(State(cluster): State<Arc<Cluster>>) -> ApiResult {
 }
 
 async fn members(State(cluster): State<Arc<Cluster>>) -> ApiResult {
-    let config = cluster.config();
-    let member = json!({
-        "name": config.name,
-        "member_id": cluster.cluster_id(),
-        "client_urls": [format!("http://{}", config.addr)],
-        "http_url": format!("http://{}", config.http_addr),
-    });
-    Ok(Json(
-        json!({ "members": [member.clone()], "leader": member }),
-    ))
+    Ok(Json(crate::http_leader::members_json(&cluster)))
 }
 
 async fn store_label(
@@ -667,9 +661,14 @@ pub fn router(cluster: Arc<Cluster>) -> Router {
         )
         .route("/schedulers", get(schedulers).post(add_scheduler))
         .route("/schedulers/:name", delete(remove_scheduler))
-        .route("/config", get(show_config).post(set_config));
+        .route("/config", get(show_config).post(set_config))
+        .route_layer(axum::middleware::from_fn_with_state(
+            cluster.clone(),
+            crate::http_leader::require_leader,
+        ));
     Router::new()
         .nest(API_PREFIX, api)
+        .merge(crate::dashboard::routes())
         .route("/metrics", get(prometheus))
         .route("/status", get(status))
         .with_state(cluster)

@@ -10,20 +10,27 @@
 //! - [`cluster::Cluster`]: the PD core over [`storage::MetaStorage`] (local
 //!   RocksDB), with [`id_alloc`], [`tso`] and [`region_tree`].
 //! - [`operator`] and [`schedule`]: operators and the checkers/schedulers
-//!   that create them; [`service`] and [`http_api`] are the two front ends.
+//!   that create them; [`service`] and [`http_api`] are the two front ends,
+//!   and [`dashboard`] is the web view served beside the HTTP API.
 
 #![warn(missing_docs)]
 
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod grpc_client;
 pub mod http_api;
+pub mod http_leader;
 pub mod id_alloc;
+pub mod members;
 pub mod metrics;
 pub mod operator;
+pub mod peer_transport;
+pub mod raft_log;
 pub mod region_tree;
+pub mod replication;
 pub mod schedule;
 pub mod server;
 pub mod service;

@@ -1,10 +1,12 @@
 //! Starting and stopping a PD server: the gRPC service and the HTTP API on
-//! their listeners, over one [`Cluster`].
+//! their listeners, over one [`Cluster`]; for a replicated PD also the
+//! member-to-member raft service on the peer address.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use concord_proto::pd_raftpb::pd_peer_server::PdPeerServer;
 use concord_proto::pdpb::pd_server::PdServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -15,7 +17,10 @@ use crate::cluster::Cluster;
 use crate::config::PdConfig;
 use crate::error::{PdServerError, Result};
 use crate::http_api;
+use crate::members::Membership;
+use crate::peer_transport::PeerService;
 use crate::service::PdService;
+use crate::storage::MetaStorage;
 
 /// A running PD server.
 pub struct PdServerHandle {
@@ -26,6 +31,7 @@ pub struct PdServerHandle {
     grpc_task: JoinHandle<std::result::Result<(), tonic::transport::Error>>,
     http_task: JoinHandle<std::io::Result<()>>,
     schedule_task: JoinHandle<()>,
+    peer_task: Option<JoinHandle<std::result::Result<(), tonic::transport::Error>>>,
 }
 
 /// Runs a scheduling round every `interval` until shutdown.
@@ -45,8 +51,12 @@ async fn schedule_loop(
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
         let c = cluster.clone();
-        match tokio::task::spawn_blocking(move || c.schedule_once()).await {
-            Ok(Ok(_)) => {}
+        let round = tokio::task::spawn_blocking(move || {
+            c.ensure_leader()?;
+            c.schedule_once()
+        });
+        match round.await {
+            Ok(Ok(_)) | Ok(Err(PdServerError::NotLeader { .. })) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "scheduling round failed"),
             Err(e) => tracing::warn!(error = %e, "scheduling task failed"),
         }
@@ -58,30 +68,86 @@ async fn wait_for_shutdown(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
+async fn bind(addr: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        PdServerError::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {addr}: {e}"),
+        ))
+    })
+}
+
+fn join_error(e: tokio::task::JoinError) -> PdServerError {
+    PdServerError::Io(std::io::Error::other(e))
+}
+
 /// Opens the metadata in `config.data_dir` and serves gRPC on `config.addr`
 /// and HTTP on `config.http_addr` (port 0 picks a free port; see
-/// [`PdServerHandle::grpc_addr`]).
+/// [`PdServerHandle::grpc_addr`]). With several members in
+/// `config.initial_cluster` it also serves the raft service on
+/// `config.peer_addr` and returns once the group agreed on a cluster (a
+/// quorum of members is up); only the group's leader serves requests.
 pub async fn start(config: PdConfig) -> Result<PdServerHandle> {
-    let opened = config.clone();
-    let cluster = tokio::task::spawn_blocking(move || Cluster::open(&opened))
-        .await
-        .map_err(|e| PdServerError::Io(std::io::Error::other(e)))??;
-    let cluster = Arc::new(cluster);
-    let grpc_listener = TcpListener::bind(&config.addr).await.map_err(|e| {
-        PdServerError::Io(std::io::Error::new(
-            e.kind(),
-            format!("cannot listen on {}: {e}", config.addr),
-        ))
-    })?;
-    let http_listener = TcpListener::bind(&config.http_addr).await.map_err(|e| {
-        PdServerError::Io(std::io::Error::new(
-            e.kind(),
-            format!("cannot listen on {}: {e}", config.http_addr),
-        ))
-    })?;
+    config.validate()?;
+    let grpc_listener = bind(&config.addr).await?;
+    let http_listener = bind(&config.http_addr).await?;
+    let replicated = !config.initial_cluster.trim().is_empty();
+    let peer_listener = match replicated {
+        true => Some(bind(&config.peer_addr).await?),
+        false => None,
+    };
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
+    let peer_addr = match &peer_listener {
+        Some(l) => l.local_addr()?.to_string(),
+        None => config.peer_addr.clone(),
+    };
+    let members = Arc::new(Membership::new(
+        &config,
+        &grpc_addr.to_string(),
+        &http_addr.to_string(),
+        &peer_addr,
+    )?);
     let (shutdown, shutdown_rx) = watch::channel(false);
+
+    let (dir, group, election) = (
+        config.data_dir.clone(),
+        members.clone(),
+        Duration::from_millis(config.election_timeout_ms),
+    );
+    let runtime = tokio::runtime::Handle::current();
+    let storage = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir)?;
+        MetaStorage::open_replicated(&dir, group, election, Some(runtime))
+    })
+    .await
+    .map_err(join_error)??;
+    let peer_task = peer_listener.map(|listener| {
+        let service = PeerService::new(storage.replicator().inbox(), members.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(PdPeerServer::new(service))
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(listener),
+                    wait_for_shutdown(shutdown_rx.clone()),
+                ),
+        )
+    });
+    let opened = config.clone();
+    let cluster = match tokio::task::spawn_blocking(move || Cluster::open_on(&opened, storage))
+        .await
+        .map_err(join_error)
+        .and_then(|r| r)
+    {
+        Ok(cluster) => Arc::new(cluster),
+        Err(e) => {
+            let _ = shutdown.send(true);
+            if let Some(task) = peer_task {
+                let _ = task.await;
+            }
+            return Err(e);
+        }
+    };
 
     let service = PdService::new(cluster.clone(), shutdown_rx.clone());
     let grpc_task = tokio::spawn(
@@ -103,7 +169,14 @@ pub async fn start(config: PdConfig) -> Result<PdServerHandle> {
             .with_graceful_shutdown(wait_for_shutdown(shutdown_rx))
             .await
     });
-    tracing::info!(%grpc_addr, %http_addr, cluster_id = cluster.cluster_id(), "PD serving");
+    tracing::info!(
+        %grpc_addr,
+        %http_addr,
+        member = %members.me().name,
+        members = members.voters().len(),
+        cluster_id = cluster.cluster_id(),
+        "PD serving"
+    );
     Ok(PdServerHandle {
         grpc_addr,
         http_addr,
@@ -112,6 +185,7 @@ pub async fn start(config: PdConfig) -> Result<PdServerHandle> {
         grpc_task,
         http_task,
         schedule_task,
+        peer_task,
     })
 }
 
@@ -135,6 +209,16 @@ impl PdServerHandle {
     /// finish and releases the metadata store.
     pub async fn shutdown(self) -> Result<()> {
         let _ = self.shutdown.send(true);
+        let cluster = self.cluster.clone();
+        // Go silent to the other members at once so they elect a new leader.
+        tokio::task::spawn_blocking(move || cluster.stop_replication())
+            .await
+            .map_err(join_error)?;
+        if let Some(task) = self.peer_task {
+            if let Ok(Err(e)) = task.await {
+                tracing::warn!(error = %e, "PD peer service ended with an error");
+            }
+        }
         let grpc = self.grpc_task.await;
         let http = self.http_task.await;
         if let Err(e) = self.schedule_task.await {

@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::cluster::Cluster;
 use crate::error::{PdServerError, Result};
+use crate::members::to_pd_member;
 use crate::region_tree::RegionEntry;
 
 /// The gRPC service; cheap to clone.
@@ -23,13 +24,17 @@ pub struct PdService {
 type StreamOut<T> = ReceiverStream<std::result::Result<T, Status>>;
 
 fn error_header(cluster_id: u64, err: &PdServerError) -> pdpb::ResponseHeader {
+    let leader = match err {
+        PdServerError::NotLeader { leader } => leader.as_deref().map(to_pd_member),
+        _ => None,
+    };
     pdpb::ResponseHeader {
         cluster_id,
         error: Some(pdpb::Error {
             r#type: err.error_type() as i32,
             message: err.to_string(),
         }),
-        leader: None,
+        leader,
     }
 }
 
@@ -72,7 +77,8 @@ impl PdService {
     }
 
     /// Runs `f` on a blocking thread (it may write to disk) after checking
-    /// the request header; errors become an error header.
+    /// the request header and that this member leads the PD group; errors
+    /// become an error header (`NOT_LEADER` with the leader on followers).
     async fn run<T, F>(
         &self,
         header: &Option<pdpb::RequestHeader>,
@@ -86,23 +92,16 @@ impl PdService {
             return Ok((error_header(self.cluster.cluster_id(), &e), None));
         }
         let cluster = self.cluster.clone();
-        let result = tokio::task::spawn_blocking(move || f(&cluster))
-            .await
-            .map_err(|e| Status::internal(format!("PD task failed: {e}")))?;
+        let result = tokio::task::spawn_blocking(move || {
+            cluster.ensure_leader()?;
+            f(&cluster)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("PD task failed: {e}")))?;
         Ok(match result {
             Ok(value) => (self.ok_header(), Some(value)),
             Err(e) => (error_header(self.cluster.cluster_id(), &e), None),
         })
-    }
-
-    fn member(&self) -> pdpb::Member {
-        let config = self.cluster.config();
-        pdpb::Member {
-            member_id: self.cluster.cluster_id(),
-            name: config.name.clone(),
-            client_urls: vec![format!("http://{}", config.addr)],
-            peer_urls: vec![],
-        }
     }
 }
 
@@ -112,12 +111,16 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::GetMembersRequest>,
     ) -> std::result::Result<Response<pdpb::GetMembersResponse>, Status> {
-        let (header, _) = self.run(&request.into_inner().header, |_| Ok(())).await?;
-        let member = self.member();
+        // Every member answers, leader or not.
+        let header = match self.check_header(&request.into_inner().header) {
+            Ok(()) => self.ok_header(),
+            Err(e) => error_header(self.cluster.cluster_id(), &e),
+        };
+        let replication = self.cluster.replication();
         Ok(Response::new(pdpb::GetMembersResponse {
             header: Some(header),
-            members: vec![member.clone()],
-            leader: Some(member),
+            members: replication.members().pd_members(),
+            leader: replication.leader().as_ref().map(to_pd_member),
         }))
     }
 

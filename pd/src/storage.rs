@@ -1,15 +1,24 @@
 //! Durable PD metadata in a local RocksDB: the cluster record, the bootstrap
 //! mark, stores, regions, the id allocator's high-water mark and the end of
-//! the TSO window. Every write is synced, so a crash loses nothing that was
-//! acknowledged.
+//! the TSO window. Reads are local; every write is a command replicated
+//! through the PD members' raft group ([`crate::replication`]) and returns
+//! once it is committed (the raft log is synced) and applied locally, so a
+//! crash loses nothing that was acknowledged.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use concord_proto::metapb;
+use concord_proto::pd_raftpb::{KvOp, MetaCommand};
 use prost::Message;
-use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, DB};
 
+use crate::config::PdConfig;
 use crate::error::{PdServerError, Result};
+use crate::members::Membership;
+use crate::raft_log::CF_RAFT;
+use crate::replication::Replicator;
 use crate::schedule::ScheduleConfig;
 
 const CLUSTER_KEY: &[u8] = b"cluster";
@@ -20,9 +29,13 @@ const SCHEDULE_CONFIG_KEY: &[u8] = b"schedule_config";
 const STORE_PREFIX: &[u8] = b"store/";
 const REGION_PREFIX: &[u8] = b"region/";
 
-/// The PD metadata store.
+/// Election timeout of the one-member group [`MetaStorage::open`] runs.
+const SINGLE_MEMBER_ELECTION_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// The PD metadata store of one member.
 pub struct MetaStorage {
-    db: DB,
+    db: Arc<DB>,
+    replicator: Replicator,
 }
 
 fn prefixed(prefix: &[u8], id: u64) -> Vec<u8> {
@@ -49,58 +62,86 @@ fn decode_msg<M: Message + Default>(key: &[u8], value: &[u8]) -> Result<M> {
 /// A set of metadata changes applied atomically by [`MetaStorage::write`].
 #[derive(Default)]
 pub struct MetaBatch {
-    batch: WriteBatch,
+    ops: Vec<KvOp>,
 }
 
 impl MetaBatch {
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push(KvOp {
+            key,
+            value,
+            delete: false,
+        });
+    }
+
     /// Records the cluster as bootstrapped.
     pub fn mark_bootstrapped(&mut self) {
-        self.batch.put(BOOTSTRAPPED_KEY, b"1");
+        self.put(BOOTSTRAPPED_KEY.to_vec(), b"1".to_vec());
     }
 
     /// Stores (or replaces) a store record.
     pub fn put_store(&mut self, store: &metapb::Store) {
-        self.batch
-            .put(prefixed(STORE_PREFIX, store.id), store.encode_to_vec());
+        self.put(prefixed(STORE_PREFIX, store.id), store.encode_to_vec());
     }
 
     /// Stores (or replaces) a region record.
     pub fn put_region(&mut self, region: &metapb::Region) {
-        self.batch
-            .put(prefixed(REGION_PREFIX, region.id), region.encode_to_vec());
+        self.put(prefixed(REGION_PREFIX, region.id), region.encode_to_vec());
     }
 
     /// Deletes a region record.
     pub fn delete_region(&mut self, region_id: u64) {
-        self.batch.delete(prefixed(REGION_PREFIX, region_id));
+        self.ops.push(KvOp {
+            key: prefixed(REGION_PREFIX, region_id),
+            value: Vec::new(),
+            delete: true,
+        });
     }
 }
 
 impl MetaStorage {
-    /// Opens (creating if needed) the metadata store under `dir`.
+    /// Opens (creating if needed) the metadata store under `dir` as a PD
+    /// that is its own one-member group.
     pub fn open(dir: &Path) -> Result<Self> {
+        let config = PdConfig::default();
+        let members = Membership::new(&config, &config.addr, &config.http_addr, &config.peer_addr)?;
+        Self::open_replicated(dir, Arc::new(members), SINGLE_MEMBER_ELECTION_TIMEOUT, None)
+    }
+
+    /// Opens the metadata store under `dir` and starts this member's raft
+    /// node in the group of `members` (see [`Replicator::start`]).
+    pub fn open_replicated(
+        dir: &Path,
+        members: Arc<Membership>,
+        election_timeout: Duration,
+        runtime: Option<tokio::runtime::Handle>,
+    ) -> Result<Self> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
-        let db = DB::open(&opts, dir)?;
-        Ok(MetaStorage { db })
+        opts.create_missing_column_families(true);
+        let cfs = [
+            ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, Options::default()),
+            ColumnFamilyDescriptor::new(CF_RAFT, Options::default()),
+        ];
+        let db = Arc::new(DB::open_cf_descriptors(&opts, dir, cfs)?);
+        let replicator = Replicator::start(db.clone(), members, election_timeout, runtime)?;
+        Ok(MetaStorage { db, replicator })
+    }
+
+    /// This member's raft node.
+    pub fn replicator(&self) -> &Replicator {
+        &self.replicator
     }
 
     fn put_synced(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        let mut batch = WriteBatch::default();
-        batch.put(key, value);
-        self.write_batch(batch)
+        let mut batch = MetaBatch::default();
+        batch.put(key.to_vec(), value.to_vec());
+        self.write(batch)
     }
 
-    fn write_batch(&self, batch: WriteBatch) -> Result<()> {
-        let mut opts = WriteOptions::default();
-        opts.set_sync(true);
-        self.db.write_opt(batch, &opts)?;
-        Ok(())
-    }
-
-    /// Applies a batch of changes atomically and durably.
+    /// Applies a batch of changes atomically and durably on every member.
     pub fn write(&self, batch: MetaBatch) -> Result<()> {
-        self.write_batch(batch.batch)
+        self.replicator.propose(&MetaCommand { ops: batch.ops })
     }
 
     /// The cluster record, if one was created.

@@ -45,3 +45,8 @@ pub mod pdpb {
 pub mod routerpb {
     tonic::include_proto!("routerpb");
 }
+
+/// Member-to-member raft traffic and replicated commands of an HA PD.
+pub mod pd_raftpb {
+    tonic::include_proto!("pd_raftpb");
+}

@@ -14,14 +14,16 @@ use serde_json::{json, Value};
     about = "Control a ConcordKV placement driver"
 )]
 struct Cli {
-    /// PD HTTP address
+    /// PD HTTP address; several (comma-separated or repeated) for a
+    /// replicated PD: requests go to the leader, found through them
     #[arg(
         short = 'u',
         long = "pd",
         env = "PD_ADDR",
+        value_delimiter = ',',
         default_value = "http://127.0.0.1:2380"
     )]
-    pd: String,
+    pd: Vec<String>,
     /// Print tables for people instead of JSON
     #[arg(long, global = true)]
     table: bool,
@@ -166,10 +168,21 @@ enum CtlError {
 }
 
 struct Pd {
-    base: String,
+    bases: Vec<String>,
     http: reqwest::Client,
 }
 
+/// What one PD member answered.
+enum Answer {
+    Done(Result<Value, CtlError>),
+    /// The member does not lead; it names the leader's HTTP URL if known.
+    NotLeader {
+        leader: Option<String>,
+        error: CtlError,
+    },
+}
+
+#[derive(Clone)]
 enum Method {
     Get,
     Post(Value),
@@ -177,35 +190,72 @@ enum Method {
 }
 
 impl Pd {
+    /// Sends the request to the PD leader: tries the given members in
+    /// turn and follows a member's leader hint.
     async fn call(&self, method: Method, path: &str) -> Result<Value, CtlError> {
-        let url = format!("{}/pd/api/v1{path}", self.base);
+        let mut candidates: std::collections::VecDeque<String> =
+            self.bases.iter().cloned().collect();
+        let mut tried: Vec<String> = Vec::new();
+        let mut last = None;
+        while let Some(base) = candidates.pop_front() {
+            if tried.contains(&base) {
+                continue;
+            }
+            tried.push(base.clone());
+            match self.call_one(&base, method.clone(), path).await {
+                Answer::Done(Err(e @ CtlError::Unreachable { .. })) => last = Some(e),
+                Answer::Done(result) => return result,
+                Answer::NotLeader { leader, error } => {
+                    if let Some(leader) = leader {
+                        candidates.push_front(leader);
+                    }
+                    last = Some(error);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| CtlError::Usage("no PD address given".into())))
+    }
+
+    async fn call_one(&self, base: &str, method: Method, path: &str) -> Answer {
+        let url = format!("{base}/pd/api/v1{path}");
         let request = match method {
             Method::Get => self.http.get(&url),
             Method::Post(body) => self.http.post(&url).json(&body),
             Method::Delete => self.http.delete(&url),
         };
-        let resp = request.send().await.map_err(|e| CtlError::Unreachable {
-            url: self.base.clone(),
+        let unreachable = |e: reqwest::Error| CtlError::Unreachable {
+            url: base.to_string(),
             reason: e.to_string(),
-        })?;
+        };
+        let resp = match request.send().await {
+            Ok(resp) => resp,
+            Err(e) => return Answer::Done(Err(unreachable(e))),
+        };
         let status = resp.status();
-        let text = resp.text().await.map_err(|e| CtlError::Unreachable {
-            url: self.base.clone(),
-            reason: e.to_string(),
-        })?;
+        let text = match resp.text().await {
+            Ok(text) => text,
+            Err(e) => return Answer::Done(Err(unreachable(e))),
+        };
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if status.is_success() {
-            Ok(value)
-        } else {
-            let message = value
-                .get("error")
-                .and_then(Value::as_str)
-                .map(String::from)
-                .unwrap_or_else(|| value.to_string());
-            Err(CtlError::Server(format!(
-                "{message} (HTTP {})",
-                status.as_u16()
-            )))
+            return Answer::Done(Ok(value));
+        }
+        let message = value
+            .get("error")
+            .and_then(Value::as_str)
+            .map(String::from)
+            .unwrap_or_else(|| value.to_string());
+        let error = CtlError::Server(format!("{message} (HTTP {})", status.as_u16()));
+        match value.get("leader") {
+            Some(leader) if status.as_u16() == 503 => Answer::NotLeader {
+                leader: leader
+                    .get("http_url")
+                    .and_then(Value::as_str)
+                    .filter(|u| !u.is_empty())
+                    .map(|u| u.trim_end_matches('/').to_string()),
+                error,
+            },
+            _ => Answer::Done(Err(error)),
         }
     }
 }
@@ -409,11 +459,19 @@ fn table(value: &Value) -> String {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let base = if cli.pd.starts_with("http://") || cli.pd.starts_with("https://") {
-        cli.pd.trim_end_matches('/').to_string()
-    } else {
-        format!("http://{}", cli.pd.trim_end_matches('/'))
-    };
+    let bases = cli
+        .pd
+        .iter()
+        .map(|pd| pd.trim().trim_end_matches('/'))
+        .filter(|pd| !pd.is_empty())
+        .map(|pd| {
+            if pd.starts_with("http://") || pd.starts_with("https://") {
+                pd.to_string()
+            } else {
+                format!("http://{pd}")
+            }
+        })
+        .collect();
     let http = match reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(10))
         .build()
@@ -424,7 +482,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let pd = Pd { base, http };
+    let pd = Pd { bases, http };
     match run(&pd, cli.command).await {
         Ok(value) => {
             if cli.table {

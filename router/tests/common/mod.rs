@@ -4,12 +4,10 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::path::Path;
 use std::time::{Duration, Instant};
+
+pub use concord_integration::process::{free_port, Proc};
 
 use concord_common::pd_client::PdClient;
 use concord_pd::cluster::AdminOp;
@@ -21,23 +19,6 @@ use concord_proto::kvrpcpb::{self, kv_client::KvClient};
 /// Store settings for tests: fast ticks so elections take well under a
 /// second.
 const STORE_CONFIG: &str = "[raftstore]\ntick-interval-ms = 50\n";
-
-/// A free port on 127.0.0.1 as the OS hands them out.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port on 127.0.0.1")
-}
-
-/// `target/<profile>`, where cargo puts the workspace's binaries.
-fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps")
-        .to_path_buf()
-}
 
 /// Polls `check` until it holds; panics with `what` after `timeout`.
 pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
@@ -52,135 +33,6 @@ where
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A child process, SIGKILLed on drop.
-pub struct Proc {
-    name: String,
-    binary: PathBuf,
-    args: Vec<String>,
-    log: PathBuf,
-    child: Option<Child>,
-    /// Lines the process printed on stdout.
-    stdout: Option<mpsc::Receiver<String>>,
-}
-
-impl Proc {
-    /// Starts `binary` with `args`; stderr goes to `log`.
-    pub fn start(name: &str, binary: PathBuf, args: Vec<String>, log: PathBuf) -> Proc {
-        let mut p = Proc {
-            name: name.to_string(),
-            binary,
-            args,
-            log,
-            child: None,
-            stdout: None,
-        };
-        p.restart();
-        p
-    }
-
-    /// Starts the process again with the same arguments.
-    pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "{} is still running", self.name);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("open process log");
-        let mut child = Command::new(&self.binary)
-            .args(&self.args)
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.binary.display()));
-        let (tx, rx) = mpsc::channel();
-        if let Some(out) = child.stdout.take() {
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    if tx.send(line).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-        self.stdout = Some(rx);
-        self.child = Some(child);
-    }
-
-    /// The first stdout line starting with `prefix`, waiting up to
-    /// `timeout` (panics with the log tail if the process dies first).
-    pub fn wait_line(&self, prefix: &str, timeout: Duration) -> String {
-        let rx = self.stdout.as_ref().expect("process started");
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) if line.starts_with(prefix) => return line,
-                Ok(_) => continue,
-                Err(_) => panic!(
-                    "{} printed no {prefix:?} line; log:\n{}",
-                    self.name,
-                    self.log_tail()
-                ),
-            }
-        }
-    }
-
-    /// SIGKILL, and wait until the process is gone.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGTERM and wait up to `timeout` for the exit; returns whether it
-    /// exited by itself with success (else it is SIGKILLed).
-    pub fn terminate(&mut self, timeout: Duration) -> bool {
-        let Some(mut c) = self.child.take() else {
-            return false;
-        };
-        // SAFETY: sending a signal to a child process we own, by its pid.
-        unsafe {
-            libc::kill(c.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = c.try_wait() {
-                return status.success();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = c.kill();
-        let _ = c.wait();
-        false
-    }
-
-    /// Whether the process is still running.
-    pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    /// The last lines of the process log.
-    pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    /// The whole process log.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -206,12 +58,7 @@ impl RouterProc {
             pd.into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let proc = Proc::start(
-            name,
-            PathBuf::from(env!("CARGO_BIN_EXE_concord-router")),
-            args,
-            dir.join(format!("{name}.log")),
-        );
+        let proc = Proc::start("concord-router", args, dir.join(format!("{name}.log")));
         let (addr, status_addr) = Self::ready(&proc);
         RouterProc {
             proc,
@@ -262,16 +109,6 @@ pub struct TestCluster {
     pub stores: Vec<StoreProc>,
 }
 
-fn store_binary() -> PathBuf {
-    let path = bin_dir().join("concord-store");
-    assert!(
-        path.exists(),
-        "{} is missing: build it first with `cargo build -p concord-store --bin concord-store`",
-        path.display()
-    );
-    path
-}
-
 impl TestCluster {
     /// Starts PD (on `pd_addr` if given, else a free port) and three
     /// stores, and waits until the first region has three voters and a
@@ -305,8 +142,7 @@ impl TestCluster {
                 ];
                 StoreProc {
                     proc: Proc::start(
-                        &format!("store{n}"),
-                        store_binary(),
+                        "concord-store",
                         args,
                         dir.path().join(format!("store{n}.log")),
                     ),
