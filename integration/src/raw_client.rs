@@ -26,9 +26,9 @@ pub struct RawClient {
 }
 
 impl RawClient {
-    /// Connects to PD at `pd`.
-    pub async fn connect(pd: &str) -> Result<RawClient, String> {
-        let pd = GrpcPdClient::connect(&[pd.to_string()])
+    /// Connects to the PD members at `pd`.
+    pub async fn connect(pd: &[String]) -> Result<RawClient, String> {
+        let pd = GrpcPdClient::connect(pd)
             .await
             .map_err(|e| e.to_string())?;
         Ok(RawClient {

@@ -42,7 +42,7 @@ async fn sigkill_a_store_under_load_loses_nothing_and_replicas_converge() {
         .collect();
 
     let client = Arc::new(loop {
-        if let Ok(c) = RawClient::connect(&pd.addr).await {
+        if let Ok(c) = RawClient::connect(std::slice::from_ref(&pd.addr)).await {
             break c;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
