@@ -140,7 +140,7 @@ async fn killing_the_pd_leader_disturbs_no_client() {
     );
     let tso_before = raw.pd.get_tso().await.unwrap();
 
-    let client = Client::connect_routers(&[router_addr.clone()])
+    let client = Client::connect_routers(std::slice::from_ref(&router_addr))
         .await
         .unwrap();
     let acked: Arc<Mutex<BTreeMap<Vec<u8>, Vec<u8>>>> = Arc::default();
