@@ -77,16 +77,16 @@ pub struct CliArgs {
     /// TOML configuration file; flags override its values.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Client-facing gRPC listen address.
+    /// Client-facing gRPC listen address [default: 127.0.0.1:20170].
     #[arg(long, value_name = "HOST:PORT")]
     pub addr: Option<String>,
-    /// HTTP status listen address (/metrics, /status).
+    /// HTTP status listen address (/metrics, /status) [default: 127.0.0.1:20171].
     #[arg(long, value_name = "HOST:PORT")]
     pub status_addr: Option<String>,
-    /// PD members, comma-separated.
+    /// PD members, comma-separated [default: 127.0.0.1:2379].
     #[arg(long, value_name = "ADDR[,ADDR]", value_delimiter = ',')]
     pub pd: Option<Vec<String>>,
-    /// Total retry time per request, in milliseconds.
+    /// Total retry time per request, in milliseconds [default: 20000].
     #[arg(long, value_name = "MS")]
     pub max_retry_time_ms: Option<u64>,
 }
