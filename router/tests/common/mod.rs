@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 pub use concord_integration::process::{free_port, Proc};
 
 use concord_common::pd_client::PdClient;
-use concord_pd::cluster::AdminOp;
 use concord_pd::config::PdConfig;
 use concord_pd::grpc_client::GrpcPdClient;
 use concord_pd::server::PdServerHandle;
@@ -266,24 +265,26 @@ impl TestCluster {
         (resp.region_error.is_none() && resp.error.is_empty()).then_some(inside)
     }
 
-    /// Asks PD to move every region's leader to `store_id` (best effort:
-    /// regions already led there or busy with another operator are
-    /// skipped). Returns how many operators were created.
+    /// Asks PD, through `pd-ctl operator add transfer-leader`, to move every
+    /// region's leader to `store_id` (best effort: regions already led there
+    /// or busy with another operator are skipped). Returns how many
+    /// operators were created.
     pub async fn transfer_leaders_to(&self, store_id: u64) -> usize {
         let Some(pd) = &self.pd else { return 0 };
         let Ok(regions) = self.pd_client.scan_regions(b"", b"", 0).await else {
             return 0;
         };
+        let url = format!("http://{}", pd.http_addr());
+        let pd_ctl = concord_integration::process::bin_dir().join("pd-ctl");
         regions
             .iter()
             .filter(|r| r.leader.is_some_and(|l| l.store_id != store_id))
             .filter(|r| {
-                pd.cluster()
-                    .admin_operator(AdminOp::TransferLeader {
-                        region_id: r.region.id,
-                        store_id,
-                    })
-                    .is_ok()
+                std::process::Command::new(&pd_ctl)
+                    .args(["-u", &url, "operator", "add", "transfer-leader"])
+                    .args([r.region.id.to_string(), store_id.to_string()])
+                    .output()
+                    .is_ok_and(|o| o.status.success())
             })
             .count()
     }
