@@ -28,9 +28,7 @@ pub struct RawClient {
 impl RawClient {
     /// Connects to the PD members at `pd`.
     pub async fn connect(pd: &[String]) -> Result<RawClient, String> {
-        let pd = GrpcPdClient::connect(pd)
-            .await
-            .map_err(|e| e.to_string())?;
+        let pd = GrpcPdClient::connect(pd).await.map_err(|e| e.to_string())?;
         Ok(RawClient {
             pd,
             channels: Mutex::new(HashMap::new()),
