@@ -588,3 +588,53 @@ fn a_slow_link_delays_but_loses_nothing() {
         == sums[0])));
     cluster.shutdown();
 }
+
+#[test]
+fn a_write_overwritten_by_a_new_leader_gets_stale_command_and_overload_gets_busy() {
+    let cfg = RaftStoreConfig {
+        max_pending_proposals: 1,
+        ..test_config()
+    };
+    let cluster = Cluster::new(3, &[1, 2, 3], cfg);
+    let old = cluster.wait_leader(FIRST_REGION);
+    cluster.must_put(b"k", b"v0");
+    let region = cluster.region_on(old, FIRST_REGION).unwrap();
+    let ctx = cluster.context(old, &region);
+    cluster.add_filter(Filter::Isolate(old));
+    // Proposed on the cut-off leader: it can never commit there.
+    let doomed = {
+        let api = cluster.api(old);
+        cluster
+            .rt
+            .spawn(async move { api.raw_put(&ctx, b"k", b"lost", 0).await })
+    };
+    assert!(wait_for(WAIT, || cluster
+        .services(old)
+        .pending_proposals
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 1));
+    let busy = cluster
+        .rt
+        .block_on(cluster.api(old).raw_put(&ctx, b"k2", b"v", 0));
+    assert!(
+        matches!(&busy, Err(CmdError::Region(e)) if matches!(e.kind, Some(Kind::ServerIsBusy(_)))),
+        "{busy:?}"
+    );
+    // The majority elects a new leader and writes over the doomed entry.
+    assert!(wait_for(WAIT, || (1..=3).any(|s| s != old
+        && cluster
+            .services(s)
+            .meta
+            .lock()
+            .leaders
+            .contains(&FIRST_REGION))));
+    cluster.must_put(b"k", b"v1");
+    cluster.clear_filters();
+    let answer = cluster.rt.block_on(doomed).unwrap();
+    assert!(
+        matches!(&answer, Err(CmdError::Region(e)) if matches!(e.kind, Some(Kind::StaleCommand(_)))),
+        "{answer:?}"
+    );
+    assert_eq!(cluster.must_get(b"k"), Some(b"v1".to_vec()));
+    cluster.shutdown();
+}
