@@ -218,7 +218,17 @@ impl Replicator {
         if self.tx.send(input).is_err() {
             return Err(PdServerError::Replication("the raft thread stopped".into()));
         }
-        match done.recv_timeout(self.write_timeout) {
+        let wait = || done.recv_timeout(self.write_timeout);
+        // Waiting for the quorum blocks; let the runtime move its other
+        // tasks off this worker meanwhile.
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let outcome = if multi_thread {
+            tokio::task::block_in_place(wait)
+        } else {
+            wait()
+        };
+        match outcome {
             Ok(result) => result,
             Err(RecvTimeoutError::Timeout) => Err(PdServerError::Replication(format!(
                 "write not committed within {:?}: no quorum of PD members",
