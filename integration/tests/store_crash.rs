@@ -152,4 +152,13 @@ async fn sigkill_a_store_under_load_loses_nothing_and_replicas_converge() {
         .await;
         assert!(converged, "region {id} differs between stores");
     }
+    // SIGTERM stops every store cleanly although its peers still hold raft
+    // streams open to it.
+    for store in &mut stores {
+        assert!(
+            store.proc.terminate(Duration::from_secs(15)),
+            "a store did not exit cleanly on SIGTERM\n{}",
+            store.proc.log_tail()
+        );
+    }
 }

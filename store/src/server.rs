@@ -143,7 +143,13 @@ pub enum ServerError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    /// The gRPC server task died.
+    #[error("gRPC server task: {0}")]
+    Task(String),
 }
+
+/// How long in-flight requests may take to finish after a shutdown signal.
+const SERVER_DRAIN: Duration = Duration::from_secs(2);
 
 /// Connects to PD, retrying (and saying so) until it answers or `stop`
 /// completes.
@@ -234,17 +240,39 @@ pub async fn run(
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(usize::MAX);
     let raft = RaftServer::new(RaftService::new(services)).max_decoding_message_size(usize::MAX);
-    let result = tonic::transport::Server::builder()
-        .add_service(kv)
-        .add_service(raft)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
-        .await;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(kv)
+            .add_service(raft)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = stop_rx.await;
+                },
+            ),
+    );
+    let result = tokio::select! {
+        r = &mut server => r,
+        () = shutdown => {
+            let _ = stop_tx.send(());
+            // Other stores keep their raft streams to us open; do not wait
+            // for them to hang up.
+            match tokio::time::timeout(SERVER_DRAIN, &mut server).await {
+                Ok(r) => r,
+                Err(_) => {
+                    server.abort();
+                    Ok(Ok(()))
+                }
+            }
+        }
+    };
     store.shutdown().await;
     info!(store_id, "store stopped");
-    Ok(result?)
+    match result {
+        Ok(served) => Ok(served?),
+        Err(e) => Err(ServerError::Task(e.to_string())),
+    }
 }
 
 async fn serve_status(listener: tokio::net::TcpListener, services: StoreServices) {
