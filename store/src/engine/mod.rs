@@ -87,6 +87,11 @@ impl Engine {
         })
     }
 
+    /// The directory the engine lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// An empty write batch for this engine.
     pub fn write_batch(&self) -> WriteBatch {
         WriteBatch {

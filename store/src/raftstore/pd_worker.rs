@@ -297,8 +297,21 @@ async fn store_heartbeat_once(s: &StoreServices, pd: &Arc<dyn PdClient>) {
         let meta = s.meta.lock();
         (meta.region_count() as u32, meta.leaders.len() as u32)
     };
+    let engine = s.engine.clone();
+    let (space, used) = tokio::task::spawn_blocking(move || {
+        let used = engine
+            .approximate_range_stats(CF_DEFAULT, &keys::data_key(b""), keys::DATA_MAX_KEY)
+            .map_or(0, |r| r.size);
+        (disk_space(engine.path()), used)
+    })
+    .await
+    .unwrap_or_default();
+    let (capacity, available) = space.unwrap_or_default();
     let stats = pdpb::StoreStats {
         store_id: s.store_id,
+        capacity,
+        available,
+        used_size: used,
         region_count,
         leader_count,
         is_busy: s
@@ -309,5 +322,57 @@ async fn store_heartbeat_once(s: &StoreServices, pd: &Arc<dyn PdClient>) {
     };
     if let Err(e) = pd.store_heartbeat(stats).await {
         debug!("store heartbeat failed: {e}");
+    }
+}
+
+/// Total and available bytes of the file system holding `path`.
+fn disk_space(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `c_path` is a valid C string and `st` is large enough.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs succeeded and filled the struct.
+    let st = unsafe { st.assume_init() };
+    let frsize = st.f_frsize;
+    Some((st.f_blocks * frsize, st.f_bavail * frsize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_space_reports_the_file_system() {
+        let dir = tempfile::tempdir().unwrap();
+        let (capacity, available) = disk_space(dir.path()).unwrap();
+        assert!(capacity > 0 && available <= capacity);
+        assert!(disk_space(std::path::Path::new("/no/such/dir")).is_none());
+    }
+
+    #[test]
+    fn split_key_is_the_middle_of_a_region_over_its_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = crate::engine::Engine::open(dir.path(), &Default::default()).unwrap();
+        let mut wb = engine.write_batch();
+        for i in 0..100u32 {
+            wb.put_cf(
+                CF_DEFAULT,
+                &keys::data_key(format!("k{i:03}").as_bytes()),
+                &[0u8; 100],
+            )
+            .unwrap();
+        }
+        engine.write(wb, false).unwrap();
+        let region = metapb::Region::default();
+        assert_eq!(find_split_key(&engine, &region, 1 << 20, 1000), None);
+        let key = find_split_key(&engine, &region, 5000, 1000).unwrap();
+        assert!(
+            (b"k045".as_slice()..=b"k055".as_slice()).contains(&key.as_slice()),
+            "{key:?}"
+        );
     }
 }
