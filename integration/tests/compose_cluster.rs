@@ -206,8 +206,14 @@ fn compose_cluster_builds_starts_and_serves() {
     // pd-ctl store: three Up stores.
     wait_until("3 Up stores in pd-ctl", Duration::from_secs(60), || {
         let out = compose.exec(
-            "pd",
-            &["pd-ctl", "-u", "http://pd:2380", "--table", "store"],
+            "pd1",
+            &[
+                "pd-ctl",
+                "-u",
+                "http://pd1:2380,http://pd2:2380,http://pd3:2380",
+                "--table",
+                "store",
+            ],
         );
         let table = text(&out.stdout);
         let up = table.lines().filter(|l| l.contains(" Up ")).count();
