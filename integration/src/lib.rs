@@ -8,3 +8,19 @@
 
 pub mod process;
 pub mod raw_client;
+
+/// Polls `check` every 100 ms until it holds (true) or `timeout` passes (false).
+pub async fn wait_for<F, Fut>(timeout: std::time::Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use concord_common::pd_client::PdClient;
 use concord_pd::grpc_client::GrpcPdClient;
-use concord_proto::errorpb::error::Kind;
+use concord_proto::errorpb::{self, error::Kind};
 use concord_proto::kvrpcpb::kv_client::KvClient;
 use concord_proto::kvrpcpb::{
     Context, RawGetRequest, RawPutRequest, RegionChecksumRequest, RegionChecksumResponse,
@@ -90,78 +90,74 @@ impl RawClient {
         }
     }
 
-    /// Writes `key` = `value`, retrying until `timeout`; `Ok` means acknowledged.
-    pub async fn put(&self, key: &[u8], value: &[u8], timeout: Duration) -> Result<(), String> {
+    /// Runs `call` on the leader of the region holding `key` until it
+    /// succeeds, the store refuses the input, or `timeout` passes. `call`
+    /// answers the region error, if any, in its inner result.
+    async fn on_leader<T, F, Fut>(
+        &self,
+        key: &[u8],
+        timeout: Duration,
+        what: &str,
+        mut call: F,
+    ) -> Result<T, String>
+    where
+        F: FnMut(KvClient<Channel>, Context) -> Fut,
+        Fut: std::future::Future<Output = Result<Result<T, errorpb::Error>, tonic::Status>>,
+    {
         let deadline = Instant::now() + timeout;
         let mut last = String::new();
         while Instant::now() < deadline {
             match self.target(key).await {
-                Ok((ctx, addr)) => {
-                    let mut client = self.store_client(&addr).await?;
-                    let req = RawPutRequest {
-                        context: Some(ctx),
-                        key: key.to_vec(),
-                        value: value.to_vec(),
-                        ttl: 0,
-                    };
-                    match client.raw_put(req).await {
-                        Ok(resp) => match resp.into_inner().region_error {
-                            None => return Ok(()),
-                            Some(e) => {
-                                last = e.message.clone();
-                                self.note_error(ctx.region_id, e.kind).await;
-                            }
-                        },
-                        Err(status) if status.code() == tonic::Code::InvalidArgument => {
-                            return Err(status.message().to_string())
-                        }
-                        Err(status) => {
-                            last = status.to_string();
-                            self.note_error(ctx.region_id, None).await;
-                        }
+                Ok((ctx, addr)) => match call(self.store_client(&addr).await?, ctx).await {
+                    Ok(Ok(v)) => return Ok(v),
+                    Ok(Err(e)) => {
+                        last = e.message.clone();
+                        self.note_error(ctx.region_id, e.kind).await;
                     }
-                }
+                    Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                        return Err(status.message().to_string())
+                    }
+                    Err(status) => {
+                        last = status.to_string();
+                        self.note_error(ctx.region_id, None).await;
+                    }
+                },
                 Err(e) => last = e,
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Err(format!("put timed out: {last}"))
+        Err(format!("{what} timed out: {last}"))
+    }
+
+    /// Writes `key` = `value`, retrying until `timeout`; `Ok` means acknowledged.
+    pub async fn put(&self, key: &[u8], value: &[u8], timeout: Duration) -> Result<(), String> {
+        self.on_leader(key, timeout, "put", |mut client, ctx| async move {
+            let req = RawPutRequest {
+                context: Some(ctx),
+                key: key.to_vec(),
+                value: value.to_vec(),
+                ttl: 0,
+            };
+            let resp = client.raw_put(req).await?.into_inner();
+            Ok(resp.region_error.map_or(Ok(()), Err))
+        })
+        .await
     }
 
     /// Reads `key` linearizably, retrying until `timeout`.
     pub async fn get(&self, key: &[u8], timeout: Duration) -> Result<Option<Vec<u8>>, String> {
-        let deadline = Instant::now() + timeout;
-        let mut last = String::new();
-        while Instant::now() < deadline {
-            match self.target(key).await {
-                Ok((ctx, addr)) => {
-                    let mut client = self.store_client(&addr).await?;
-                    let req = RawGetRequest {
-                        context: Some(ctx),
-                        key: key.to_vec(),
-                    };
-                    match client.raw_get(req).await {
-                        Ok(resp) => {
-                            let resp = resp.into_inner();
-                            match resp.region_error {
-                                None => return Ok((!resp.not_found).then_some(resp.value)),
-                                Some(e) => {
-                                    last = e.message.clone();
-                                    self.note_error(ctx.region_id, e.kind).await;
-                                }
-                            }
-                        }
-                        Err(status) => {
-                            last = status.to_string();
-                            self.note_error(ctx.region_id, None).await;
-                        }
-                    }
-                }
-                Err(e) => last = e,
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Err(format!("get timed out: {last}"))
+        self.on_leader(key, timeout, "get", |mut client, ctx| async move {
+            let req = RawGetRequest {
+                context: Some(ctx),
+                key: key.to_vec(),
+            };
+            let resp = client.raw_get(req).await?.into_inner();
+            Ok(match resp.region_error {
+                None => Ok((!resp.not_found).then_some(resp.value)),
+                Some(e) => Err(e),
+            })
+        })
+        .await
     }
 
     /// The checksum of `region_id` as the store at `addr` holds it.

@@ -4,31 +4,17 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use concord_common::pd_client::PdClient;
 use concord_integration::process::{free_port, Proc, StoreProc};
 use concord_integration::raw_client::RawClient;
+use concord_integration::wait_for;
 use concord_proto::pdpb;
 use concord_proto::pdpb::pd_client::PdClient as PdGrpc;
 use concord_router::Client;
 
 const STORE_CONFIG: &str = "[raftstore]\ntick-interval-ms = 50\n";
-
-async fn wait_for<F, Fut>(timeout: Duration, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
-}
 
 /// The gRPC address of the current PD leader, asked of any live member.
 async fn pd_leader(addrs: &[String]) -> Option<String> {

@@ -3,32 +3,18 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use concord_common::pd_client::PdClient;
 use concord_integration::process::{PdProc, StoreProc};
 use concord_integration::raw_client::RawClient;
+use concord_integration::wait_for;
 
 const STORE_CONFIG: &str = r#"
 [raftstore]
 tick-interval-ms = 50
 raft-log-gc-threshold = 200
 "#;
-
-async fn wait_for<F, Fut>(timeout: Duration, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_a_store_under_load_loses_nothing_and_replicas_converge() {
