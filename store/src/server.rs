@@ -305,30 +305,72 @@ async fn serve_status(listener: tokio::net::TcpListener, services: StoreServices
 }
 
 fn metrics_text(s: &StoreServices) -> String {
-    let (regions, leaders) = {
-        let meta = s.meta.lock();
-        (meta.region_count(), meta.leaders.len())
-    };
     use std::sync::atomic::Ordering::Relaxed;
-    let pending = s.pending_proposals.load(Relaxed);
-    let log_writes = s.stats.log_writes.load(Relaxed);
-    let readies = s.stats.persisted_readies.load(Relaxed);
-    format!(
-        "# HELP concord_store_regions Regions with a peer on this store.\n\
-         # TYPE concord_store_regions gauge\n\
-         concord_store_regions{{store=\"{id}\"}} {regions}\n\
-         # HELP concord_store_leaders Regions this store leads.\n\
-         # TYPE concord_store_leaders gauge\n\
-         concord_store_leaders{{store=\"{id}\"}} {leaders}\n\
-         # HELP concord_store_pending_proposals Writes proposed but not yet handed to apply.\n\
-         # TYPE concord_store_pending_proposals gauge\n\
-         concord_store_pending_proposals{{store=\"{id}\"}} {pending}\n\
-         # HELP concord_store_raft_log_writes Synced raft log writes (one per poll round).\n\
-         # TYPE concord_store_raft_log_writes counter\n\
-         concord_store_raft_log_writes{{store=\"{id}\"}} {log_writes}\n\
-         # HELP concord_store_raft_persisted_readies Region readies persisted by those writes.\n\
-         # TYPE concord_store_raft_persisted_readies counter\n\
-         concord_store_raft_persisted_readies{{store=\"{id}\"}} {readies}\n",
-        id = s.store_id
-    )
+    let (regions, leaders, log_lag) = {
+        let meta = s.meta.lock();
+        (
+            meta.region_count() as u64,
+            meta.leaders.len() as u64,
+            meta.log_lag.values().sum::<u64>(),
+        )
+    };
+    let stats = &s.stats;
+    let metrics: [(&str, &str, &str, String); 8] = [
+        (
+            "regions",
+            "gauge",
+            "Regions with a peer on this store.",
+            regions.to_string(),
+        ),
+        (
+            "leaders",
+            "gauge",
+            "Regions this store leads.",
+            leaders.to_string(),
+        ),
+        (
+            "pending_proposals",
+            "gauge",
+            "Writes proposed but not yet handed to apply.",
+            s.pending_proposals.load(Relaxed).to_string(),
+        ),
+        (
+            "raft_log_writes",
+            "counter",
+            "Synced raft log writes (one per poll round).",
+            stats.log_writes.load(Relaxed).to_string(),
+        ),
+        (
+            "raft_persisted_readies",
+            "counter",
+            "Region readies persisted by those writes.",
+            stats.persisted_readies.load(Relaxed).to_string(),
+        ),
+        (
+            "raft_log_lag_entries",
+            "gauge",
+            "Entries the slowest follower is behind, summed over the regions led here.",
+            log_lag.to_string(),
+        ),
+        (
+            "apply_wait_seconds_sum",
+            "counter",
+            "Time committed entries waited for an apply thread.",
+            format!("{:.6}", stats.apply_wait_micros.load(Relaxed) as f64 / 1e6),
+        ),
+        (
+            "apply_wait_seconds_count",
+            "counter",
+            "Batches of committed entries applied.",
+            stats.applied_batches.load(Relaxed).to_string(),
+        ),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, value) in metrics {
+        out.push_str(&format!(
+            "# HELP concord_store_{name} {help}\n# TYPE concord_store_{name} {kind}\nconcord_store_{name}{{store=\"{id}\"}} {value}\n",
+            id = s.store_id
+        ));
+    }
+    out
 }

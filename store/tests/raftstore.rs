@@ -638,3 +638,39 @@ fn a_write_overwritten_by_a_new_leader_gets_stale_command_and_overload_gets_busy
     assert_eq!(cluster.must_get(b"k"), Some(b"v1".to_vec()));
     cluster.shutdown();
 }
+
+#[test]
+fn raft_log_lag_and_apply_wait_are_measured() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let cluster = Cluster::new(3, &[1, 2, 3], test_config());
+    let leader = cluster.wait_leader(FIRST_REGION);
+    let follower = (1..=3).find(|s| *s != leader).unwrap();
+    cluster.add_filter(Filter::Isolate(follower));
+    for i in 0..20 {
+        cluster.must_put(&key(i), &value(i));
+    }
+    let lag = |store: u64| {
+        cluster
+            .services(store)
+            .meta
+            .lock()
+            .log_lag
+            .get(&FIRST_REGION)
+            .copied()
+    };
+    let leader = cluster.wait_leader(FIRST_REGION);
+    assert!(
+        wait_for(WAIT, || lag(leader).is_some_and(|l| l >= 20)),
+        "lag {:?}",
+        lag(leader)
+    );
+    cluster.clear_filters();
+    assert!(
+        wait_for(WAIT, || lag(leader) == Some(0)),
+        "lag {:?}",
+        lag(leader)
+    );
+    let stats = &cluster.services(leader).stats;
+    assert!(stats.applied_batches.load(Relaxed) > 0);
+    cluster.shutdown();
+}

@@ -7,7 +7,9 @@
 //! in ONE write batch: the applied index always matches the data it covers.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use concord_proto::metapb::{self, PeerRole};
 use concord_proto::raft_cmdpb::{
@@ -21,6 +23,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeV2, Entry, EntryType};
 use tracing::{error, info};
 
+use super::context::RaftStats;
 use super::msg::{ApplyResult, Callback, CmdError, CmdResponse, CmdResult, ExecResult, PeerMsg};
 use super::router::StoreRouter;
 use super::storage::{write_initial_states, write_region_state, write_state};
@@ -46,6 +49,8 @@ pub enum ApplyTask {
         entries: Vec<Entry>,
         /// Callbacks to complete once their entry is applied.
         callbacks: Vec<(u64, u64, Callback)>,
+        /// When the entries were handed over, to measure the apply wait.
+        queued_at: Instant,
     },
     /// Answered once every earlier task of this thread is applied and written.
     Fence(Sender<()>),
@@ -67,7 +72,12 @@ pub struct ApplyPool {
 impl ApplyPool {
     /// Starts `threads` apply threads writing to `engine` and reporting to
     /// the peers through `router`.
-    pub fn start(threads: usize, engine: Engine, router: StoreRouter) -> ApplyPool {
+    pub fn start(
+        threads: usize,
+        engine: Engine,
+        router: StoreRouter,
+        stats: Arc<RaftStats>,
+    ) -> ApplyPool {
         let mut senders = Vec::new();
         let mut handles = Vec::new();
         for i in 0..threads.max(1) {
@@ -75,6 +85,7 @@ impl ApplyPool {
             let mut worker = ApplyWorker {
                 engine: engine.clone(),
                 router: router.clone(),
+                stats: stats.clone(),
                 delegates: HashMap::new(),
             };
             let handle = std::thread::Builder::new()
@@ -132,6 +143,7 @@ struct Pending {
 struct ApplyWorker {
     engine: Engine,
     router: StoreRouter,
+    stats: Arc<RaftStats>,
     delegates: HashMap<u64, Delegate>,
 }
 
@@ -163,7 +175,11 @@ impl ApplyWorker {
                         region_id,
                         entries,
                         callbacks,
-                    } => self.apply(&mut pending, region_id, entries, callbacks),
+                        queued_at,
+                    } => {
+                        self.stats.record_apply_wait(queued_at.elapsed());
+                        self.apply(&mut pending, region_id, entries, callbacks)
+                    }
                     ApplyTask::Fence(tx) => fences.push(tx),
                     ApplyTask::Stop => stopping = true,
                     ApplyTask::Destroy { region_id } => {

@@ -99,6 +99,19 @@ pub struct RaftStats {
     /// Region readies persisted by those writes; divided by `log_writes`
     /// this is how many regions share each fsync.
     pub persisted_readies: AtomicU64,
+    /// Total time committed entries waited for an apply thread, in µs.
+    pub apply_wait_micros: AtomicU64,
+    /// Batches of committed entries applied.
+    pub applied_batches: AtomicU64,
+}
+
+impl RaftStats {
+    /// Records how long a batch of committed entries waited to be applied.
+    pub fn record_apply_wait(&self, wait: std::time::Duration) {
+        self.apply_wait_micros
+            .fetch_add(wait.as_micros() as u64, Ordering::Relaxed);
+        self.applied_batches.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// The services plus the per-round state of one raft poller.

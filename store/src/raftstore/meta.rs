@@ -15,6 +15,8 @@ pub struct StoreMeta {
     ranges: BTreeMap<Vec<u8>, u64>,
     /// Regions whose peer on this store is the leader.
     pub leaders: HashSet<u64>,
+    /// Entries the slowest follower is behind, per region led here.
+    pub log_lag: HashMap<u64, u64>,
 }
 
 impl StoreMeta {
@@ -43,6 +45,7 @@ impl StoreMeta {
             }
         }
         self.leaders.remove(&region_id);
+        self.log_lag.remove(&region_id);
     }
 
     /// The region with this id, if known.

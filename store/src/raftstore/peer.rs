@@ -402,6 +402,19 @@ impl Peer {
     }
 
     fn housekeeping(&mut self, ctx: &mut PollContext) {
+        let last = self.raft.raft.raft_log.last_index();
+        let min_matched = self
+            .raft
+            .raft
+            .prs()
+            .iter()
+            .map(|(_, pr)| pr.matched)
+            .min()
+            .unwrap_or(last);
+        ctx.meta
+            .lock()
+            .log_lag
+            .insert(self.region_id, last.saturating_sub(min_matched));
         self.propose_log_gc(ctx);
         if self.bytes_since_split_check >= ctx.cfg.split_check_diff {
             self.bytes_since_split_check = 0;
@@ -734,6 +747,7 @@ impl Peer {
                 meta.leaders.insert(self.region_id);
             } else {
                 meta.leaders.remove(&self.region_id);
+                meta.log_lag.remove(&self.region_id);
             }
         }
         if leader {
@@ -769,6 +783,7 @@ impl Peer {
                 region_id: self.region_id,
                 entries,
                 callbacks,
+                queued_at: std::time::Instant::now(),
             },
         );
     }

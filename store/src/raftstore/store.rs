@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 
 use super::apply::{ApplyPool, ApplyTask};
 use super::config::RaftStoreConfig;
-use super::context::{StoreServices, Transport};
+use super::context::{RaftStats, StoreServices, Transport};
 use super::meta::StoreMeta;
 use super::msg::PeerMsg;
 use super::peer::Peer;
@@ -186,10 +186,12 @@ impl Store {
         })?;
         let cfg = Arc::new(cfg);
         let (router, ready) = StoreRouter::new();
+        let stats: Arc<RaftStats> = Arc::default();
         let apply = Arc::new(ApplyPool::start(
             cfg.apply_pollers,
             engine.clone(),
             router.clone(),
+            stats.clone(),
         ));
         let (pd_tx, pd_rx) = tokio::sync::mpsc::unbounded_channel();
         let services = StoreServices {
@@ -202,7 +204,7 @@ impl Store {
             transport,
             pd_tx,
             pending_proposals: Arc::new(AtomicUsize::new(0)),
-            stats: Arc::default(),
+            stats,
         };
         let mut count = 0;
         for state in load_region_states(&engine)? {
