@@ -28,8 +28,7 @@ pub struct PlaygroundArgs {
     /// Number of stores.
     #[arg(long, default_value_t = 3)]
     pub stores: usize,
-    /// Number of PD members (more than 1 needs a concord-pd with
-    /// replication, i.e. its --initial-cluster flag).
+    /// Number of PD members; more than one form a replicated (raft) group.
     #[arg(long, default_value_t = 1)]
     pub pd: usize,
     /// Directory for data and logs [default: a fresh temporary directory,
