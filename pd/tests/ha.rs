@@ -8,6 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{peer, region, store};
+use concord_integration::process::free_port;
 use concord_pd::client::PdClient;
 use concord_pd::config::PdConfig;
 use concord_pd::grpc_client::GrpcPdClient;
@@ -21,14 +22,6 @@ const ELECTION_MS: u64 = 300;
 /// Generous bound for a new leader to serve after the old one stops.
 const FAILOVER_BOUND: Duration = Duration::from_millis(ELECTION_MS * 20);
 
-fn reserve_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Group {
     _dirs: Vec<tempfile::TempDir>,
     members: Vec<Option<PdServerHandle>>,
@@ -36,7 +29,7 @@ struct Group {
 
 impl Group {
     async fn start() -> Group {
-        let ports: Vec<u16> = (0..3).map(|_| reserve_port()).collect();
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let initial = (0..3)
             .map(|i| format!("pd{i}=127.0.0.1:{}", ports[i]))
             .collect::<Vec<_>>()

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{peer, region, store};
+use concord_integration::process::free_port;
 use concord_pd::client::PdClient;
 use concord_pd::grpc_client::GrpcPdClient;
 use concord_pd::tso::compose;
@@ -16,14 +17,6 @@ use concord_proto::pdpb::pd_client::PdClient as PdGrpc;
 
 const ELECTION_MS: u64 = 300;
 const BOUND: Duration = Duration::from_secs(20);
-
-fn reserve_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A `concord-pd` child process, killed on drop.
 struct Pd(Child);
@@ -49,10 +42,10 @@ async fn leader_url(addr: &str) -> Option<String> {
 async fn sigkill_of_the_leader_process_fails_over() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let grpc: Vec<String> = (0..3)
-        .map(|_| format!("127.0.0.1:{}", reserve_port()))
+        .map(|_| format!("127.0.0.1:{}", free_port()))
         .collect();
     let peers: Vec<String> = (0..3)
-        .map(|_| format!("127.0.0.1:{}", reserve_port()))
+        .map(|_| format!("127.0.0.1:{}", free_port()))
         .collect();
     let initial = (0..3)
         .map(|i| format!("pd{i}={}", peers[i]))
