@@ -1,6 +1,7 @@
 //! Code shared by the placement driver, the store and the router: logging
-//! setup and the PD client trait.
+//! setup, the PD client trait and the input limits of raw KV requests.
 
+pub mod limits;
 pub mod pd_client;
 
 /// Installs the process-wide `tracing` subscriber, filtered by `RUST_LOG`

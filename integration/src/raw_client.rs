@@ -14,6 +14,8 @@ use concord_proto::kvrpcpb::{
     Context, RawGetRequest, RawPutRequest, RegionChecksumRequest, RegionChecksumResponse,
 };
 use concord_proto::metapb;
+use concord_proto::pdpb;
+use concord_proto::pdpb::pd_client::PdClient as PdGrpc;
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
 
@@ -177,4 +179,27 @@ impl RawClient {
             None => Ok(resp),
         }
     }
+}
+
+/// The gRPC address of the current PD leader, asked of any live member.
+pub async fn pd_leader(addrs: &[String]) -> Option<String> {
+    for addr in addrs {
+        let Ok(mut pd) = PdGrpc::connect(format!("http://{addr}")).await else {
+            continue;
+        };
+        let Ok(members) = pd
+            .get_members(pdpb::GetMembersRequest { header: None })
+            .await
+        else {
+            continue;
+        };
+        if let Some(url) = members
+            .into_inner()
+            .leader
+            .and_then(|l| l.client_urls.first().cloned())
+        {
+            return Some(url.trim_start_matches("http://").to_string());
+        }
+    }
+    None
 }

@@ -8,36 +8,11 @@ use std::time::Duration;
 
 use concord_common::pd_client::PdClient;
 use concord_integration::process::{free_port, Proc, StoreProc};
-use concord_integration::raw_client::RawClient;
+use concord_integration::raw_client::{pd_leader, RawClient};
 use concord_integration::wait_for;
-use concord_proto::pdpb;
-use concord_proto::pdpb::pd_client::PdClient as PdGrpc;
 use concord_router::Client;
 
 const STORE_CONFIG: &str = "[raftstore]\ntick-interval-ms = 50\n";
-
-/// The gRPC address of the current PD leader, asked of any live member.
-async fn pd_leader(addrs: &[String]) -> Option<String> {
-    for addr in addrs {
-        let Ok(mut pd) = PdGrpc::connect(format!("http://{addr}")).await else {
-            continue;
-        };
-        let Ok(members) = pd
-            .get_members(pdpb::GetMembersRequest { header: None })
-            .await
-        else {
-            continue;
-        };
-        if let Some(url) = members
-            .into_inner()
-            .leader
-            .and_then(|l| l.client_urls.first().cloned())
-        {
-            return Some(url.trim_start_matches("http://").to_string());
-        }
-    }
-    None
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_the_pd_leader_disturbs_no_client() {

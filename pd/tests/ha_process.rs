@@ -9,11 +9,10 @@ use std::time::{Duration, Instant};
 
 use common::{peer, region, store};
 use concord_integration::process::free_port;
+use concord_integration::raw_client::pd_leader;
 use concord_pd::client::PdClient;
 use concord_pd::grpc_client::GrpcPdClient;
 use concord_pd::tso::compose;
-use concord_proto::pdpb;
-use concord_proto::pdpb::pd_client::PdClient as PdGrpc;
 
 const ELECTION_MS: u64 = 300;
 const BOUND: Duration = Duration::from_secs(20);
@@ -26,16 +25,6 @@ impl Drop for Pd {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-async fn leader_url(addr: &str) -> Option<String> {
-    let mut raw = PdGrpc::connect(format!("http://{addr}")).await.ok()?;
-    let members = raw
-        .get_members(pdpb::GetMembersRequest { header: None })
-        .await
-        .ok()?
-        .into_inner();
-    members.leader?.client_urls.first().cloned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -90,10 +79,10 @@ async fn sigkill_of_the_leader_process_fails_over() {
         last_ts = compose(&client.get_tso().await.unwrap());
     }
 
-    let old = leader_url(&grpc[0]).await.expect("a leader");
+    let old = pd_leader(&grpc[..1]).await.expect("a leader");
     let old_index = grpc
         .iter()
-        .position(|g| old == format!("http://{g}"))
+        .position(|g| *g == old)
         .expect("leader is a member");
     let killed_at = Instant::now();
     drop(procs[old_index].take());
@@ -107,7 +96,9 @@ async fn sigkill_of_the_leader_process_fails_over() {
     assert_eq!(client.get_region(b"k").await.unwrap().region.id, region_id);
     assert!(killed_at.elapsed() < BOUND);
     let survivor = grpc[(old_index + 1) % 3].clone();
-    let new = leader_url(&survivor).await.expect("a new leader");
+    let new = pd_leader(std::slice::from_ref(&survivor))
+        .await
+        .expect("a new leader");
     assert_ne!(new, old);
     drop(client);
     drop(procs);

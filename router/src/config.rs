@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::retry::BackoffConfig;
 use crate::routing::RoutingConfig;
-use crate::validate::{Limits, DEFAULT_MAX_KEY_SIZE, DEFAULT_MAX_VALUE_SIZE};
+use concord_common::limits::{Limits, DEFAULT_MAX_KEY_SIZE, DEFAULT_MAX_VALUE_SIZE};
 
 /// Default client-facing gRPC address.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:20170";

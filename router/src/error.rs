@@ -28,6 +28,12 @@ pub enum Error {
     Config(String),
 }
 
+impl From<concord_common::limits::InvalidInput> for Error {
+    fn from(e: concord_common::limits::InvalidInput) -> Self {
+        Error::InvalidArgument(e.0)
+    }
+}
+
 /// Result of routing-library calls.
 pub type Result<T> = std::result::Result<T, Error>;
 

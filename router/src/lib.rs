@@ -16,7 +16,7 @@
 //!   `routerpb.RawKv`) and its HTTP `/metrics` ([`metrics`]) and `/status`
 //!   in-process; [`config`] holds its TOML/flag configuration.
 //! - Input is checked before sending with the store's limits and messages
-//!   ([`validate`]); every failure ends as one [`Error`].
+//!   ([`concord_common::limits`]); every failure ends as one [`Error`].
 
 #![warn(missing_docs)]
 
@@ -35,7 +35,6 @@ pub mod scan;
 pub mod server;
 pub mod service;
 pub mod store_conn;
-pub mod validate;
 
 pub use client::Client;
 pub use concord_proto::kvrpcpb::KvPair;

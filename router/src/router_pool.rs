@@ -18,7 +18,7 @@ use tonic::Status;
 use crate::error::{Error, Result};
 use crate::retry::{Backoff, BackoffConfig, Retry, RetryReason};
 use crate::store_conn::{lazy_channel, MAX_MESSAGE_SIZE};
-use crate::validate::Limits;
+use concord_common::limits::Limits;
 
 /// Virtual nodes per router on the ring.
 const VNODES_PER_ROUTER: u32 = 64;

@@ -20,7 +20,7 @@ use crate::region_cache::{CachedRegion, RegionCache};
 use crate::region_error::apply_region_error;
 use crate::retry::{Backoff, BackoffConfig, Retry, RetryReason};
 use crate::store_conn::StoreConnections;
-use crate::validate::Limits;
+use concord_common::limits::Limits;
 
 /// Tuning of the routing library.
 #[derive(Debug, Clone, PartialEq)]

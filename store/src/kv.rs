@@ -19,7 +19,9 @@ use crate::engine::{Reader, CF_DEFAULT};
 use crate::raftstore::meta::StoreMeta;
 use crate::raftstore::msg::{CmdResponse, KeyRange, ReadResponse};
 use crate::raftstore::storage::read_state;
-use crate::raftstore::{CmdError, PdTask, PeerMsg, RaftStoreConfig, StoreRouter, StoreServices};
+use concord_common::limits::Limits;
+
+use crate::raftstore::{CmdError, PdTask, PeerMsg, StoreRouter, StoreServices};
 use crate::{keys, raw_value};
 
 /// How long a request may wait for raft before it fails.
@@ -51,7 +53,7 @@ pub struct RegionChecksum {
 #[derive(Clone)]
 pub struct KvApi {
     router: StoreRouter,
-    cfg: Arc<RaftStoreConfig>,
+    limits: Limits,
     meta: Arc<Mutex<StoreMeta>>,
     engine: crate::engine::Engine,
     pd_tx: tokio::sync::mpsc::UnboundedSender<PdTask>,
@@ -81,51 +83,14 @@ impl KvApi {
     pub fn new(s: &StoreServices) -> KvApi {
         KvApi {
             router: s.router.clone(),
-            cfg: s.cfg.clone(),
+            limits: Limits {
+                max_key_size: s.cfg.max_key_size,
+                max_value_size: s.cfg.max_value_size,
+            },
             meta: s.meta.clone(),
             engine: s.engine.clone(),
             pd_tx: s.pd_tx.clone(),
         }
-    }
-
-    fn check_key(&self, key: &[u8]) -> Result<(), CmdError> {
-        if key.is_empty() {
-            return Err(CmdError::InvalidArgument("key must not be empty".into()));
-        }
-        if key.len() > self.cfg.max_key_size {
-            return Err(CmdError::InvalidArgument(format!(
-                "key is {} bytes, over the limit of {} bytes",
-                key.len(),
-                self.cfg.max_key_size
-            )));
-        }
-        Ok(())
-    }
-
-    fn check_value(&self, value: &[u8]) -> Result<(), CmdError> {
-        if value.len() > self.cfg.max_value_size {
-            return Err(CmdError::InvalidArgument(format!(
-                "value is {} bytes, over the limit of {} bytes",
-                value.len(),
-                self.cfg.max_value_size
-            )));
-        }
-        Ok(())
-    }
-
-    fn check_range(&self, start: &[u8], end: &[u8]) -> Result<(), CmdError> {
-        if start.len() > self.cfg.max_key_size || end.len() > self.cfg.max_key_size {
-            return Err(CmdError::InvalidArgument(format!(
-                "range bound over the key limit of {} bytes",
-                self.cfg.max_key_size
-            )));
-        }
-        if !end.is_empty() && start > end {
-            return Err(CmdError::InvalidArgument(format!(
-                "range start {start:?} is after its end {end:?}"
-            )));
-        }
-        Ok(())
     }
 
     async fn wait<T>(
@@ -181,7 +146,7 @@ impl KvApi {
 
     /// The live value of `key`.
     pub async fn raw_get(&self, ctx: &Context, key: &[u8]) -> Result<Option<Vec<u8>>, CmdError> {
-        self.check_key(key)?;
+        self.limits.check_key(key)?;
         let read = self.read(ctx, vec![KeyRange::point(key)]).await?;
         let now = raw_value::now_secs();
         let stored = read
@@ -200,9 +165,7 @@ impl KvApi {
         ctx: &Context,
         keys_: &[Vec<u8>],
     ) -> Result<Vec<KvPair>, CmdError> {
-        for k in keys_ {
-            self.check_key(k)?;
-        }
+        self.limits.check_keys(keys_)?;
         let read = self
             .read(ctx, keys_.iter().map(|k| KeyRange::point(k)).collect())
             .await?;
@@ -249,13 +212,8 @@ impl KvApi {
         pairs: &[KvPair],
         ttl: u64,
     ) -> Result<(), CmdError> {
-        if pairs.is_empty() {
-            return Err(CmdError::InvalidArgument("batch put without pairs".into()));
-        }
-        for p in pairs {
-            self.check_key(&p.key)?;
-            self.check_value(&p.value)?;
-        }
+        self.limits
+            .check_pairs(pairs.iter().map(|p| (p.key.as_slice(), p.value.as_slice())))?;
         let now = raw_value::now_secs();
         let requests = pairs
             .iter()
@@ -266,7 +224,7 @@ impl KvApi {
 
     /// Deletes `key`.
     pub async fn raw_delete(&self, ctx: &Context, key: &[u8]) -> Result<(), CmdError> {
-        self.check_key(key)?;
+        self.limits.check_key(key)?;
         let req = Request {
             cmd: Some(request::Cmd::Delete(DeleteRequest {
                 cf: CF_DEFAULT.to_string(),
@@ -283,7 +241,7 @@ impl KvApi {
         start: &[u8],
         end: &[u8],
     ) -> Result<(), CmdError> {
-        self.check_range(start, end)?;
+        self.limits.check_range(start, end)?;
         let req = Request {
             cmd: Some(request::Cmd::DeleteRange(DeleteRangeRequest {
                 cf: CF_DEFAULT.to_string(),
@@ -305,7 +263,7 @@ impl KvApi {
         reverse: bool,
         key_only: bool,
     ) -> Result<Vec<KvPair>, CmdError> {
-        self.check_range(start, end)?;
+        self.limits.check_range(start, end)?;
         // A forward scan must start inside the region; a reverse scan is
         // clipped to it from its end.
         let ranges = if reverse {
@@ -352,8 +310,8 @@ impl KvApi {
         previous: Option<&[u8]>,
         ttl: u64,
     ) -> Result<CasOutcome, CmdError> {
-        self.check_key(key)?;
-        self.check_value(value)?;
+        self.limits.check_key(key)?;
+        self.limits.check_value(value)?;
         let now = raw_value::now_secs();
         let req = Request {
             cmd: Some(request::Cmd::Cas(CasRequest {

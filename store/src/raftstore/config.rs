@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use concord_common::limits::{DEFAULT_MAX_KEY_SIZE, DEFAULT_MAX_VALUE_SIZE};
+
 /// How a store runs its regions. Defaults suit production; tests shrink the
 /// tick and the split and log-GC limits.
 #[derive(Debug, Clone)]
@@ -53,8 +55,8 @@ impl Default for RaftStoreConfig {
             raft_pollers: 2,
             apply_pollers: 2,
             max_batch_regions: 256,
-            max_key_size: 8 << 10,
-            max_value_size: 8 << 20,
+            max_key_size: DEFAULT_MAX_KEY_SIZE,
+            max_value_size: DEFAULT_MAX_VALUE_SIZE,
             max_pending_proposals: 20_000,
             region_max_size: 96 << 20,
             region_max_keys: 960_000,

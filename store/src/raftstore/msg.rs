@@ -24,6 +24,12 @@ pub enum CmdError {
     Internal(String),
 }
 
+impl From<concord_common::limits::InvalidInput> for CmdError {
+    fn from(e: concord_common::limits::InvalidInput) -> Self {
+        CmdError::InvalidArgument(e.0)
+    }
+}
+
 impl CmdError {
     /// A region error with the given description and kind.
     pub fn region(message: impl Into<String>, kind: errorpb::error::Kind) -> CmdError {

@@ -1,12 +1,17 @@
-//! Input checks done before anything is sent, with the limits and the exact
-//! messages a store uses, so bad input is refused the same way whether it
-//! reaches a store or not.
+//! Input limits of raw KV requests and their checks. The store enforces them
+//! and the router and client check them before sending, with this one piece
+//! of code, so bad input is refused with the same message wherever it stops.
 
-use crate::error::{Error, Result};
+/// Bad input, with the message the caller sees.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidInput(pub String);
 
-/// Largest key a store accepts (8 KiB), the store's default.
+type Result<T> = std::result::Result<T, InvalidInput>;
+
+/// Largest key accepted by default (8 KiB).
 pub const DEFAULT_MAX_KEY_SIZE: usize = 8 << 10;
-/// Largest value a store accepts (8 MiB), the store's default.
+/// Largest value accepted by default (8 MiB).
 pub const DEFAULT_MAX_VALUE_SIZE: usize = 8 << 20;
 
 /// Size limits applied to requests.
@@ -31,10 +36,10 @@ impl Limits {
     /// A key must be non-empty and at most `max_key_size` bytes.
     pub fn check_key(&self, key: &[u8]) -> Result<()> {
         if key.is_empty() {
-            return Err(Error::InvalidArgument("key must not be empty".into()));
+            return Err(InvalidInput("key must not be empty".into()));
         }
         if key.len() > self.max_key_size {
-            return Err(Error::InvalidArgument(format!(
+            return Err(InvalidInput(format!(
                 "key is {} bytes, over the limit of {} bytes",
                 key.len(),
                 self.max_key_size
@@ -46,7 +51,7 @@ impl Limits {
     /// A value must be at most `max_value_size` bytes.
     pub fn check_value(&self, value: &[u8]) -> Result<()> {
         if value.len() > self.max_value_size {
-            return Err(Error::InvalidArgument(format!(
+            return Err(InvalidInput(format!(
                 "value is {} bytes, over the limit of {} bytes",
                 value.len(),
                 self.max_value_size
@@ -59,13 +64,13 @@ impl Limits {
     /// within the key limit and `start <= end`.
     pub fn check_range(&self, start: &[u8], end: &[u8]) -> Result<()> {
         if start.len() > self.max_key_size || end.len() > self.max_key_size {
-            return Err(Error::InvalidArgument(format!(
+            return Err(InvalidInput(format!(
                 "range bound over the key limit of {} bytes",
                 self.max_key_size
             )));
         }
         if !end.is_empty() && start > end {
-            return Err(Error::InvalidArgument(format!(
+            return Err(InvalidInput(format!(
                 "range start {start:?} is after its end {end:?}"
             )));
         }
@@ -83,7 +88,7 @@ impl Limits {
         mut pairs: impl ExactSizeIterator<Item = (&'a [u8], &'a [u8])>,
     ) -> Result<()> {
         if pairs.len() == 0 {
-            return Err(Error::InvalidArgument("batch put without pairs".into()));
+            return Err(InvalidInput("batch put without pairs".into()));
         }
         pairs.try_for_each(|(k, v)| {
             self.check_key(k)?;
@@ -98,7 +103,7 @@ mod tests {
 
     fn invalid(r: Result<()>) -> String {
         match r {
-            Err(Error::InvalidArgument(msg)) => msg,
+            Err(InvalidInput(msg)) => msg,
             other => panic!("expected InvalidArgument, got {other:?}"),
         }
     }
