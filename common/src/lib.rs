@@ -1,6 +1,8 @@
 //! Code shared by the placement driver, the store and the router: logging
-//! setup, the PD client trait and the input limits of raw KV requests.
+//! setup, gRPC serving, the PD client trait and the input limits of raw KV
+//! requests.
 
+pub mod grpc;
 pub mod limits;
 pub mod pd_client;
 

@@ -4,8 +4,15 @@
 //! This library is the harness: [`process`] starts and kills PD and store
 //! processes on free loopback ports; [`raw_client`] is a minimal retrying
 //! client that talks to stores directly, for checks that must reach one
-//! particular store.
+//! particular store; [`cluster`] and [`compose`] run whole clusters as
+//! processes or containers; [`chaos`] throws faults at them under load and
+//! judges the outcome.
 
+pub mod chaos;
+pub mod cluster;
+pub mod compose;
+pub mod history;
+pub mod linearizability;
 pub mod process;
 pub mod raw_client;
 

@@ -25,14 +25,17 @@ pub fn free_port() -> u16 {
     }
 }
 
-/// The directory holding the workspace's built binaries.
+/// The directory holding the workspace's built binaries: the running
+/// binary's own (`concord`) or, for a test, the one above `deps/`.
 pub fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/<test> -> target/<profile>
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps")
-        .to_path_buf()
+    let exe = std::env::current_exe().expect("path of the running binary");
+    let dir = exe.parent().expect("binary in a directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        // target/<profile>/deps/<test> -> target/<profile>
+        dir.parent().unwrap_or(dir).to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// A running binary; killed (SIGKILL) on drop. Its stderr goes to a log
@@ -127,9 +130,11 @@ impl Proc {
         let Some(mut c) = self.child.take() else {
             return false;
         };
-        // SAFETY: signalling a child we own by pid.
+        // SAFETY: signalling a child we own by pid. A stopped process
+        // must be continued to act on SIGTERM.
         unsafe {
             libc::kill(c.id() as i32, libc::SIGTERM);
+            libc::kill(c.id() as i32, libc::SIGCONT);
         }
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
@@ -141,6 +146,31 @@ impl Proc {
         let _ = c.kill();
         let _ = c.wait();
         false
+    }
+
+    /// Sends `signal` (e.g. SIGSTOP, SIGCONT) to the running process.
+    pub fn signal(&mut self, signal: libc::c_int) -> Result<(), String> {
+        let child = self
+            .child
+            .as_ref()
+            .ok_or_else(|| format!("{} is not running", self.name()))?;
+        // SAFETY: signalling a child we own by pid.
+        if unsafe { libc::kill(child.id() as i32, signal) } == 0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "cannot signal {}: {}",
+                self.name(),
+                std::io::Error::last_os_error()
+            ))
+        }
+    }
+
+    /// The process's name: its log file's stem (`store2`, `pd1`, ...).
+    pub fn name(&self) -> String {
+        self.log
+            .file_stem()
+            .map_or_else(|| self.name.clone(), |s| s.to_string_lossy().into_owned())
     }
 
     /// Whether the process is still running.

@@ -7,12 +7,14 @@
 //! - [`kv`]: single raw KV operations through a router ([`router_conn`]),
 //!   with keys and values shown by [`bytes_text`].
 //! - [`bench`]: YCSB-like workloads with latency percentiles.
+//! - [`chaos`]: fault scenarios judged by the history checker.
 
 #![warn(missing_docs)]
 
 pub mod bench;
 pub mod binaries;
 pub mod bytes_text;
+pub mod chaos;
 pub mod error;
 pub mod kv;
 pub mod playground;

@@ -11,7 +11,6 @@ use concord_proto::pdpb::pd_server::PdServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::cluster::Cluster;
 use crate::config::PdConfig;
@@ -128,7 +127,7 @@ pub async fn start(config: PdConfig) -> Result<PdServerHandle> {
             tonic::transport::Server::builder()
                 .add_service(PdPeerServer::new(service))
                 .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(listener),
+                    concord_common::grpc::incoming(listener),
                     wait_for_shutdown(shutdown_rx.clone()),
                 ),
         )
@@ -154,7 +153,7 @@ pub async fn start(config: PdConfig) -> Result<PdServerHandle> {
         tonic::transport::Server::builder()
             .add_service(PdServer::new(service))
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(grpc_listener),
+                concord_common::grpc::incoming(grpc_listener),
                 wait_for_shutdown(shutdown_rx.clone()),
             ),
     );

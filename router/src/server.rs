@@ -15,7 +15,6 @@ use concord_proto::routerpb::raw_kv_server::RawKvServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::RouterConfig;
 use crate::error::{Error, Result};
@@ -116,10 +115,9 @@ pub async fn start(config: RouterConfig) -> Result<RouterServerHandle> {
     let grpc_task = tokio::spawn(
         tonic::transport::Server::builder()
             .concurrency_limit_per_connection(config.max_concurrent_requests_per_connection)
-            .tcp_nodelay(true)
             .add_service(service)
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(grpc_listener),
+                concord_common::grpc::incoming(grpc_listener),
                 stopped(shutdown_rx.clone()),
             ),
     );

@@ -245,12 +245,9 @@ pub async fn run(
         tonic::transport::Server::builder()
             .add_service(kv)
             .add_service(raft)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async {
-                    let _ = stop_rx.await;
-                },
-            ),
+            .serve_with_incoming_shutdown(concord_common::grpc::incoming(listener), async {
+                let _ = stop_rx.await;
+            }),
     );
     let result = tokio::select! {
         r = &mut server => r,

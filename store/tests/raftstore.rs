@@ -674,3 +674,65 @@ fn raft_log_lag_and_apply_wait_are_measured() {
     assert!(stats.applied_batches.load(Relaxed) > 0);
     cluster.shutdown();
 }
+
+#[test]
+fn a_leader_lease_serves_reads_but_never_past_a_newer_leaders_write() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let cluster = Cluster::new(3, &[1, 2, 3], test_config());
+    assert!(
+        cluster.cfg.leader_lease() < cluster.cfg.tick_interval * cluster.cfg.election_ticks as u32,
+        "a lease must end before a follower may vote for another leader"
+    );
+    let old = cluster.wait_leader(FIRST_REGION);
+    cluster.must_put(b"k", b"before");
+    // A confirmed read gives the leader a lease.
+    assert_eq!(cluster.must_get(b"k"), Some(b"before".to_vec()));
+    let region = cluster.region_on(old, FIRST_REGION).unwrap();
+    let ctx = cluster.context(old, &region);
+
+    // Read from the old leader without pause while it is cut off, until
+    // it gives up leadership; note whether each read started after the
+    // new leader acknowledged "after".
+    let after_acked = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (api, after_acked) = (cluster.api(old), after_acked.clone());
+        cluster.rt.spawn(async move {
+            let mut stale = Vec::new();
+            let mut reads = 0;
+            loop {
+                let issued_after = after_acked.load(Ordering::SeqCst);
+                let answer = api.raw_get(&ctx, b"k").await;
+                reads += 1;
+                match answer {
+                    Ok(Some(v)) if issued_after && v == b"before" => stale.push(reads),
+                    Ok(_) => {}
+                    Err(_) => return (reads, stale),
+                }
+            }
+        })
+    };
+    cluster.add_filter(Filter::Isolate(old));
+    assert!(
+        wait_for(WAIT, || cluster.store_ids().into_iter().any(|s| s != old
+            && cluster
+                .services(s)
+                .meta
+                .lock()
+                .leaders
+                .contains(&FIRST_REGION))),
+        "no new leader"
+    );
+    cluster.must_put(b"k", b"after");
+    after_acked.store(true, Ordering::SeqCst);
+    let (reads, stale) = cluster.rt.block_on(reader).unwrap();
+    assert!(reads >= 1);
+    assert!(
+        stale.is_empty(),
+        "the old leader answered \"before\" to reads {stale:?} issued after a newer leader wrote \"after\""
+    );
+    cluster.clear_filters();
+    assert_eq!(cluster.must_get(b"k"), Some(b"after".to_vec()));
+    cluster.shutdown();
+}

@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use concord_ops::bench::{self, BenchArgs};
+use concord_ops::chaos::{self, ChaosArgs};
 use concord_ops::kv::{self, KvArgs};
 use concord_ops::playground::{self, PlaygroundArgs};
 
@@ -25,6 +26,9 @@ enum Command {
     Kv(KvArgs),
     /// Run a YCSB-like benchmark against a router or PD.
     Bench(BenchArgs),
+    /// Run a fault scenario under load and check the history for
+    /// linearizability, lost writes and diverged replicas.
+    Chaos(ChaosArgs),
 }
 
 fn main() {
@@ -46,6 +50,7 @@ fn main() {
             Command::Playground(a) => playground::run(a).await,
             Command::Kv(a) => kv::run(a).await,
             Command::Bench(a) => bench::run(a).await,
+            Command::Chaos(a) => chaos::run(a).await,
         }
     });
     if let Err(e) = result {

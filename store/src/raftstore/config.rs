@@ -46,6 +46,19 @@ pub struct RaftStoreConfig {
     pub transport_queue_size: usize,
 }
 
+impl RaftStoreConfig {
+    /// How long after a leader sent a message that a quorum acknowledged it
+    /// may still serve reads without asking the quorum again.
+    ///
+    /// A follower that heard from the leader refuses to vote (check-quorum)
+    /// and does not campaign until `election_ticks` ticks have passed, which
+    /// takes at least `election_ticks - 1` intervals; two intervals of
+    /// margin are kept for the clocks' granularity.
+    pub fn leader_lease(&self) -> Duration {
+        self.tick_interval * (self.election_ticks.saturating_sub(2) as u32)
+    }
+}
+
 impl Default for RaftStoreConfig {
     fn default() -> Self {
         RaftStoreConfig {

@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use concord_proto::metapb;
 use concord_proto::raft_cmdpb::{
@@ -55,6 +56,12 @@ pub struct Peer {
     reads: VecDeque<PendingRead>,
     next_read_batch: u64,
     unsent_read_batch: Option<u64>,
+    /// Read-index rounds sent and not yet answered, with when they left.
+    read_rounds: VecDeque<(u64, Instant)>,
+    /// Until when this leader may serve reads without a read-index round.
+    lease_until: Option<Instant>,
+    /// Length of a lease, counted from the start of a confirmed round.
+    lease: Duration,
     peer_cache: HashMap<u64, metapb::Peer>,
     ticks: u64,
     written_bytes: u64,
@@ -98,6 +105,9 @@ impl Peer {
             reads: VecDeque::new(),
             next_read_batch: 1,
             unsent_read_batch: None,
+            read_rounds: VecDeque::new(),
+            lease_until: None,
+            lease: ctx.cfg.leader_lease(),
             peer_cache: HashMap::new(),
             ticks: 0,
             written_bytes: 0,
@@ -366,11 +376,26 @@ impl Peer {
             let _ = callback.send(Err(e));
             return;
         }
-        let batch = *self.unsent_read_batch.get_or_insert_with(|| {
-            let b = self.next_read_batch;
-            self.next_read_batch += 1;
-            b
-        });
+        let now = Instant::now();
+        if let Some(until) = self.lease_until.filter(|_| self.can_read_on_lease(now)) {
+            // Leadership was confirmed less than a lease ago: no follower
+            // can have elected anyone else yet, so the commit index is
+            // current. Renew the lease in the background when half of it
+            // is gone, so a steady read load never waits for a round.
+            if until.saturating_duration_since(now) < self.lease / 2 {
+                self.read_batch();
+            }
+            self.reads.push_back(PendingRead {
+                batch: 0,
+                index: Some(self.raft.raft.raft_log.committed),
+                header,
+                ranges,
+                callback,
+            });
+            self.serve_reads(ctx);
+            return;
+        }
+        let batch = self.read_batch();
         self.reads.push_back(PendingRead {
             batch,
             index: None,
@@ -378,6 +403,25 @@ impl Peer {
             ranges,
             callback,
         });
+    }
+
+    /// The read-index batch of this round (batch numbers start at 1).
+    fn read_batch(&mut self) -> u64 {
+        *self.unsent_read_batch.get_or_insert_with(|| {
+            let b = self.next_read_batch;
+            self.next_read_batch += 1;
+            b
+        })
+    }
+
+    /// Whether a lease, if one is held, may serve a read now: this peer
+    /// leads, has committed in its term, and is not handing leadership
+    /// over (the transferee campaigns without waiting for timeouts).
+    fn can_read_on_lease(&self, now: Instant) -> bool {
+        self.is_leader()
+            && self.raft.raft.lead_transferee.is_none()
+            && self.raft.raft.commit_to_current_term()
+            && self.lease_until.is_some_and(|until| now < until)
     }
 
     /// Asks raft for one read index covering every read that arrived in
@@ -389,6 +433,7 @@ impl Peer {
             return;
         }
         if let Some(batch) = self.unsent_read_batch.take() {
+            self.read_rounds.push_back((batch, Instant::now()));
             self.raft.read_index(batch.to_be_bytes().to_vec());
         }
     }
@@ -523,6 +568,9 @@ impl Peer {
     }
 
     fn on_conf_change(&mut self, ctx: &mut PollContext, cc: ConfChangeV2, region: metapb::Region) {
+        // Acknowledgements from the old voters say nothing about the new
+        // quorum: confirm leadership afresh before the next lease read.
+        self.lease_until = None;
         if let Err(e) = self.raft.apply_conf_change(&cc) {
             warn!(
                 region_id = self.region_id,
@@ -699,6 +747,18 @@ impl Peer {
             for r in self.reads.iter_mut().filter(|r| r.batch == batch) {
                 r.index = Some(rs.index);
             }
+            // A quorum acknowledged this round's heartbeats, all sent after
+            // it started: the lease runs from then.
+            while let Some(&(b, sent)) = self.read_rounds.front() {
+                if b > batch {
+                    break;
+                }
+                self.read_rounds.pop_front();
+                if b == batch && self.is_leader() {
+                    let until = sent + self.lease;
+                    self.lease_until = Some(self.lease_until.map_or(until, |t| t.max(until)));
+                }
+            }
         }
         self.ready = Some((rd, committed, snapshot_applied));
     }
@@ -741,6 +801,9 @@ impl Peer {
 
     fn on_role_change(&mut self, ctx: &mut PollContext, role: StateRole) {
         let leader = role == StateRole::Leader;
+        // A lease belongs to one term of leadership.
+        self.lease_until = None;
+        self.read_rounds.clear();
         {
             let mut meta = ctx.meta.lock();
             if leader {
