@@ -355,12 +355,8 @@ async fn wait_until_ready(cluster: &mut dyn Cluster, client: &Client) -> Result<
                 Err(e) => last = e,
                 Ok(regions) => {
                     let all = list(&regions, "regions");
-                    let voters = |r: &serde_json::Value| {
-                        list(r, "peers")
-                            .iter()
-                            .filter(is_voter)
-                            .count()
-                    };
+                    let voters =
+                        |r: &serde_json::Value| list(r, "peers").iter().filter(is_voter).count();
                     if !all.is_empty() && all.iter().all(|r| voters(r) == 3) {
                         return Ok(());
                     }
