@@ -9,9 +9,9 @@ use std::sync::Arc;
 use concord_proto::kvrpcpb::KvPair;
 use concord_proto::routerpb;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::router_pool::{RouterPool, RouterPoolConfig};
-use crate::routing::{CasOutcome, Router, RoutingConfig};
+use crate::routing::{CasOutcome, Router, RoutingConfig, CAS_OUTCOME_UNKNOWN};
 
 #[derive(Clone)]
 enum Backend {
@@ -279,12 +279,15 @@ impl Client {
                     previous_not_exist: previous.is_none(),
                     ttl: 0,
                 };
-                let resp = p
-                    .call("compare_and_swap", key, |mut c| {
+                let (resp, ambiguous) = p
+                    .call_noting("compare_and_swap", key, |mut c| {
                         let req = req.clone();
                         async move { c.compare_and_swap(req).await }
                     })
                     .await?;
+                if ambiguous && !resp.succeed {
+                    return Err(Error::Unavailable(CAS_OUTCOME_UNKNOWN.into()));
+                }
                 Ok(CasOutcome {
                     succeed: resp.succeed,
                     previous: (!resp.previous_not_exist).then_some(resp.previous_value),

@@ -72,6 +72,19 @@ impl RetryReason {
         }
     }
 
+    /// Whether the failed attempt may still have taken effect: the request
+    /// may have reached the store (or router) before the link failed or the
+    /// deadline passed. Region errors and PD failures are definite: the
+    /// request was refused, or never sent.
+    pub fn may_have_applied(self) -> bool {
+        matches!(
+            self,
+            RetryReason::StoreUnreachable
+                | RetryReason::StoreError
+                | RetryReason::RouterUnreachable
+        )
+    }
+
     /// Position in [`RetryReason::ALL`].
     pub fn index(self) -> usize {
         self as usize

@@ -175,7 +175,23 @@ impl RouterPool {
         F: Fn(RawKvClient<Channel>) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
     {
+        self.call_noting(op, key, f).await.map(|(resp, _)| resp)
+    }
+
+    /// [`RouterPool::call`], also telling whether an earlier attempt failed
+    /// in a way that may have let it reach a router and take effect.
+    pub(crate) async fn call_noting<T, F, Fut>(
+        &self,
+        op: &'static str,
+        key: &[u8],
+        f: F,
+    ) -> Result<(T, bool)>
+    where
+        F: Fn(RawKvClient<Channel>) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+    {
         let mut backoff = Backoff::new(op, self.config.backoff);
+        let mut ambiguous = false;
         loop {
             let Some(i) = self.pick(key) else {
                 return Err(Error::Config("no router address given".into()));
@@ -183,7 +199,7 @@ impl RouterPool {
             let router = &self.routers[i];
             let timeout = self.config.rpc_timeout.min(backoff.remaining());
             let reason = match tokio::time::timeout(timeout, f(router.client.clone())).await {
-                Ok(Ok(resp)) => return Ok(resp.into_inner()),
+                Ok(Ok(resp)) => return Ok((resp.into_inner(), ambiguous)),
                 Ok(Err(status)) => match Error::from_router_status(&status) {
                     Some(e) => return Err(e),
                     None => format!(
@@ -197,6 +213,7 @@ impl RouterPool {
                     router.addr
                 ),
             };
+            ambiguous = true;
             *router.down_until.lock() = Some(Instant::now() + DOWN_FOR);
             tracing::debug!(%reason, "trying another router");
             let another_up = self.routers.iter().any(|r| !r.is_down());

@@ -142,6 +142,11 @@ fn classify_status(status: &Status, store_id: u64, address: &str) -> AttemptErro
     }
 }
 
+/// What a compare-and-swap answers when a retry found the value changed
+/// after an attempt whose outcome is unknown.
+pub const CAS_OUTCOME_UNKNOWN: &str = "compare-and-swap outcome unknown: an attempt that failed \
+     may have been applied, and the retry found the value no longer as expected";
+
 /// The store's own prefix for invalid-argument messages in `error`.
 const INVALID_ARGUMENT_PREFIX: &str = "invalid argument: ";
 
@@ -398,16 +403,31 @@ impl Router {
         F: Fn(KvClient<Channel>, Context) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
     {
+        self.on_key_noting(op, key, call)
+            .await
+            .map(|(resp, _)| resp)
+    }
+
+    /// [`Router::on_key`], also telling whether an earlier, failed attempt
+    /// may have taken effect (see [`RetryReason::may_have_applied`]).
+    async fn on_key_noting<T, F, Fut>(&self, op: Op, key: &[u8], call: F) -> Result<(T, bool)>
+    where
+        T: KvResponse,
+        F: Fn(KvClient<Channel>, Context) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+    {
         let mut backoff = self.backoff(op);
+        let mut ambiguous = false;
         loop {
             let retry = match self.locate_key(key).await {
                 Ok(region) => match self.attempt(&region, backoff.remaining(), &call).await {
-                    Ok(resp) => return Ok(resp),
+                    Ok(resp) => return Ok((resp, ambiguous)),
                     Err(AttemptError::Fatal(e)) => return Err(e),
                     Err(AttemptError::Retry(r)) => r,
                 },
                 Err(r) => r,
             };
+            ambiguous |= retry.reason.may_have_applied();
             self.retry_wait(&mut backoff, &retry).await?;
         }
     }
@@ -470,10 +490,11 @@ impl Router {
     /// Writes `value` (expiring after `ttl` seconds, 0: never) if the
     /// current value is `previous` (`None`: the key must not exist).
     ///
-    /// If an attempt's outcome is unknown (the store timed out or lost
-    /// leadership mid-write) the request is retried, and the retry may then
-    /// report `succeed: false` with `previous` equal to the value this very
-    /// request wrote.
+    /// If an attempt's outcome is unknown (the store could not be reached or
+    /// did not answer in time) the request is retried; a retry that finds
+    /// the value changed cannot tell whether the earlier attempt changed it,
+    /// so the answer is then [`Error::Unavailable`] (outcome unknown), never
+    /// a wrong `succeed: false`.
     pub async fn compare_and_swap(
         &self,
         key: &[u8],
@@ -484,8 +505,8 @@ impl Router {
         self.observed(Op::CompareAndSwap, async {
             self.config.limits.check_key(key)?;
             self.config.limits.check_value(value)?;
-            let resp = self
-                .on_key(Op::CompareAndSwap, key, |mut c, ctx| async move {
+            let (resp, ambiguous) = self
+                .on_key_noting(Op::CompareAndSwap, key, |mut c, ctx| async move {
                     c.raw_compare_and_swap(kvrpcpb::RawCasRequest {
                         context: Some(ctx),
                         key: key.to_vec(),
@@ -497,6 +518,9 @@ impl Router {
                     .await
                 })
                 .await?;
+            if ambiguous && !resp.succeed {
+                return Err(Error::Unavailable(CAS_OUTCOME_UNKNOWN.into()));
+            }
             Ok(CasOutcome {
                 succeed: resp.succeed,
                 previous: (!resp.previous_not_exist).then_some(resp.previous_value),

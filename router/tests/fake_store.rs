@@ -37,28 +37,37 @@ struct FakeStore {
 
 type Answered<T> = Result<Response<T>, Status>;
 
+impl FakeStore {
+    /// Counts the call and runs the script: a value or a region error to
+    /// answer with, or a failed call.
+    fn answer(&self, ctx: Option<Context>) -> Result<(Vec<u8>, Option<errorpb::Error>), Status> {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        match (self.script)(self.id, call, &ctx.unwrap_or_default()) {
+            Answer::Value(value) => Ok((value, None)),
+            Answer::RegionError(kind) => Ok((
+                Vec::new(),
+                Some(errorpb::Error {
+                    message: "scripted".into(),
+                    kind: Some(kind),
+                }),
+            )),
+            Answer::Status(status) => Err(status),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Kv for FakeStore {
     async fn raw_get(
         &self,
         req: Request<kvrpcpb::RawGetRequest>,
     ) -> Answered<kvrpcpb::RawGetResponse> {
-        let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        let ctx = req.into_inner().context.unwrap_or_default();
-        match (self.script)(self.id, call, &ctx) {
-            Answer::Value(value) => Ok(Response::new(kvrpcpb::RawGetResponse {
-                value,
-                ..Default::default()
-            })),
-            Answer::RegionError(kind) => Ok(Response::new(kvrpcpb::RawGetResponse {
-                region_error: Some(errorpb::Error {
-                    message: "scripted".into(),
-                    kind: Some(kind),
-                }),
-                ..Default::default()
-            })),
-            Answer::Status(status) => Err(status),
-        }
+        let (value, region_error) = self.answer(req.into_inner().context)?;
+        Ok(Response::new(kvrpcpb::RawGetResponse {
+            value,
+            region_error,
+            ..Default::default()
+        }))
     }
     async fn raw_batch_get(
         &self,
@@ -96,11 +105,18 @@ impl Kv for FakeStore {
     ) -> Answered<kvrpcpb::RawScanResponse> {
         Err(Status::unimplemented("fake"))
     }
+    /// A scripted value is the value found: the swap is refused.
     async fn raw_compare_and_swap(
         &self,
-        _: Request<kvrpcpb::RawCasRequest>,
+        req: Request<kvrpcpb::RawCasRequest>,
     ) -> Answered<kvrpcpb::RawCasResponse> {
-        Err(Status::unimplemented("fake"))
+        let (previous_value, region_error) = self.answer(req.into_inner().context)?;
+        Ok(Response::new(kvrpcpb::RawCasResponse {
+            succeed: false,
+            previous_value,
+            region_error,
+            ..Default::default()
+        }))
     }
     async fn split_region(
         &self,
@@ -347,4 +363,48 @@ async fn invalid_argument_from_a_store_is_final() {
         Err(Error::InvalidArgument("key must not be empty".into()))
     );
     assert_eq!(s.calls(1), 1);
+}
+
+#[tokio::test]
+async fn a_cas_refused_on_retry_after_an_ambiguous_failure_is_reported_unknown() {
+    // The first attempt's link fails (it may have applied); the retry finds
+    // the value changed, perhaps by that very attempt.
+    let s = setup(
+        1,
+        Arc::new(|store, call, _| match (store, call) {
+            (1, 1) => Answer::Status(Status::unavailable("connection reset")),
+            _ => Answer::Value(b"new".to_vec()),
+        }),
+    )
+    .await;
+    let answer = s
+        .router
+        .compare_and_swap(b"k", Some(b"old"), b"new", 0)
+        .await;
+    assert!(
+        matches!(&answer, Err(Error::Unavailable(m)) if m.contains("outcome unknown")),
+        "{answer:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_cas_refused_on_retry_after_a_definite_failure_stays_refused() {
+    let s = setup(
+        1,
+        Arc::new(|store, _, _| match store {
+            1 => Answer::RegionError(Kind::NotLeader(errorpb::NotLeader {
+                region_id: 1,
+                leader: Some(peer(2)),
+            })),
+            _ => Answer::Value(b"other".to_vec()),
+        }),
+    )
+    .await;
+    let answer = s
+        .router
+        .compare_and_swap(b"k", Some(b"old"), b"new", 0)
+        .await
+        .expect("a definite answer");
+    assert!(!answer.succeed);
+    assert_eq!(answer.previous, Some(b"other".to_vec()));
 }
