@@ -39,7 +39,9 @@ type Answered<T> = Result<Response<T>, Status>;
 
 impl FakeStore {
     /// Counts the call and runs the script: a value or a region error to
-    /// answer with, or a failed call.
+    /// answer with, or a failed call (a `Status`, as every tonic handler
+    /// returns).
+    #[allow(clippy::result_large_err)]
     fn answer(&self, ctx: Option<Context>) -> Result<(Vec<u8>, Option<errorpb::Error>), Status> {
         let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         match (self.script)(self.id, call, &ctx.unwrap_or_default()) {
