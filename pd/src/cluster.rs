@@ -12,6 +12,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::config::PdConfig;
 use crate::error::{PdServerError, Result};
+use crate::http_api::hex;
 use crate::id_alloc::IdAllocator;
 use crate::members::Membership;
 use crate::metrics::{Gauges, Metrics};
@@ -1127,10 +1128,26 @@ impl Cluster {
                 }
                 ("admin-transfer-region", steps)
             }
-            AdminOp::Split { keys, .. } => (
-                "admin-split-region",
-                vec![OpStep::Split { keys: keys.clone() }],
-            ),
+            AdminOp::Split { keys, .. } => {
+                let (start, end) = (&region.start_key, &region.end_key);
+                if let Some(k) = keys
+                    .iter()
+                    .find(|k| *k <= start || (!end.is_empty() && *k >= end))
+                {
+                    // The store would refuse it, and the operator would
+                    // hold the region until it timed out.
+                    return Err(PdServerError::InvalidArgument(format!(
+                        "split key {} is not inside region {region_id} [{}, {})",
+                        hex(k),
+                        hex(start),
+                        hex(end)
+                    )));
+                }
+                (
+                    "admin-split-region",
+                    vec![OpStep::Split { keys: keys.clone() }],
+                )
+            }
         };
         if steps.is_empty() {
             return Err(PdServerError::InvalidArgument(format!(

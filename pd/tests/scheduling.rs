@@ -238,6 +238,14 @@ fn admin_operators_are_validated_and_delivered() {
         .unwrap();
     assert_eq!(drive(&cluster, &mut state), 2, "transfer leader, remove");
     assert_eq!(stores_of(&state.0), vec![2]);
+    let at_start = cluster.admin_operator(AdminOp::Split {
+        region_id: 10,
+        keys: vec![b"m".to_vec(), Vec::new()],
+    });
+    assert!(
+        matches!(&at_start, Err(e) if e.to_string().contains("not inside region 10")),
+        "a split at the region's start key is refused: {at_start:?}"
+    );
     cluster
         .admin_operator(AdminOp::Split {
             region_id: 10,
