@@ -7,6 +7,7 @@ use clap::Args;
 use concord_integration::chaos::{self, Options, Scenario};
 
 use crate::error::{OpsError, Result};
+use crate::signals::StopSignals;
 
 /// Options of `concord chaos`.
 #[derive(Debug, Clone, Args)]
@@ -48,9 +49,15 @@ pub async fn run(args: ChaosArgs) -> Result<()> {
         clients: args.clients,
         keys: args.keys,
     };
-    let report = chaos::run(scenario, options)
-        .await
-        .map_err(|e| OpsError::Setup(format!("the chaos run could not be carried out: {e}")))?;
+    // A stop signal drops the run, and with it the cluster: processes are
+    // killed, containers, volumes and the image removed.
+    let mut signals = StopSignals::new()?;
+    let report = tokio::select! {
+        r = chaos::run(scenario, options) => r.map_err(|e| {
+            OpsError::Setup(format!("the chaos run could not be carried out: {e}"))
+        })?,
+        s = signals.next() => return Err(OpsError::Setup(format!("stopped by {s}; the cluster was torn down"))),
+    };
     println!("{report}");
     if report.passed() {
         Ok(())

@@ -20,6 +20,7 @@ pub mod kv;
 pub mod playground;
 pub mod ports;
 pub mod router_conn;
+pub mod signals;
 pub mod supervisor;
 
 pub use error::{OpsError, Result};

@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use concord_proto::routerpb::{GetRequest, PutRequest};
 use serde_json::Value;
-use tokio::signal::unix::{signal, SignalKind};
 
 use crate::binaries;
 use crate::error::{OpsError, Result};
 use crate::ports::{PortPlan, MAX_PD, MAX_STORES};
 use crate::router_conn::connect_lazy;
+use crate::signals::StopSignals;
 use crate::supervisor::Supervised;
 
 /// The line printed once the cluster serves.
@@ -100,12 +100,7 @@ struct Playground {
 /// Runs a playground until Ctrl-C or SIGTERM.
 pub async fn run(args: PlaygroundArgs) -> Result<()> {
     validate(&args)?;
-    let mut term = signal(SignalKind::terminate())
-        .map_err(|e| OpsError::io("cannot watch signal", "SIGTERM", e))?;
-    let mut int = signal(SignalKind::interrupt())
-        .map_err(|e| OpsError::io("cannot watch signal", "SIGINT", e))?;
-    let mut hup = signal(SignalKind::hangup())
-        .map_err(|e| OpsError::io("cannot watch signal", "SIGHUP", e))?;
+    let mut signals = StopSignals::new()?;
 
     let bins = Binaries {
         pd: binaries::locate("concord-pd")?,
@@ -160,9 +155,7 @@ pub async fn run(args: PlaygroundArgs) -> Result<()> {
 
     let started = tokio::select! {
         r = pg.start(&args) => r,
-        _ = term.recv() => Err(OpsError::Interrupted("SIGTERM")),
-        _ = int.recv() => Err(OpsError::Interrupted("Ctrl-C")),
-        _ = hup.recv() => Err(OpsError::Interrupted("SIGHUP")),
+        s = signals.next() => Err(OpsError::Interrupted(s)),
     };
     if let Err(e) = started {
         pg.shutdown(args.stop_timeout_secs).await;
@@ -174,9 +167,7 @@ pub async fn run(args: PlaygroundArgs) -> Result<()> {
     let mut watch = tokio::time::interval(Duration::from_secs(1));
     let why = loop {
         tokio::select! {
-            _ = term.recv() => break "SIGTERM",
-            _ = int.recv() => break "Ctrl-C",
-            _ = hup.recv() => break "SIGHUP",
+            s = signals.next() => break s,
             _ = watch.tick() => pg.report_exits(&mut reported),
         }
     };

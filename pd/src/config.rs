@@ -33,6 +33,13 @@ pub struct PdConfig {
     pub addr: String,
     /// HTTP listen address (port 0: any free port).
     pub http_addr: String,
+    /// gRPC address other members, stores and routers are told to use
+    /// (empty: the bound `addr`). Set it when listening on 0.0.0.0, e.g.
+    /// `pd1:2379` in containers, whose IP can change.
+    pub advertise_addr: String,
+    /// HTTP address members and pd-ctl are told to use (empty: the bound
+    /// `http-addr`).
+    pub advertise_http_addr: String,
     /// Directory of the metadata RocksDB.
     pub data_dir: PathBuf,
     /// Number of replicas of every region.
@@ -70,6 +77,8 @@ impl Default for PdConfig {
             name: "pd".into(),
             addr: DEFAULT_ADDR.into(),
             http_addr: DEFAULT_HTTP_ADDR.into(),
+            advertise_addr: String::new(),
+            advertise_http_addr: String::new(),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             max_replicas: 3,
             max_store_down_time_secs: 30 * 60,
@@ -103,6 +112,14 @@ pub struct CliArgs {
     /// HTTP API, /metrics and /status listen address [default: 127.0.0.1:2380]
     #[arg(long, value_name = "HOST:PORT")]
     pub http_addr: Option<String>,
+    /// gRPC address to advertise to members, stores and routers
+    /// [default: the bound --addr]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise_addr: Option<String>,
+    /// HTTP address to advertise to members and pd-ctl [default: the bound
+    /// --http-addr]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise_http_addr: Option<String>,
     /// Metadata directory [default: ./pd-data]
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -154,6 +171,12 @@ impl PdConfig {
         }
         if let Some(v) = args.http_addr {
             config.http_addr = v;
+        }
+        if let Some(v) = args.advertise_addr {
+            config.advertise_addr = v;
+        }
+        if let Some(v) = args.advertise_http_addr {
+            config.advertise_http_addr = v;
         }
         if let Some(v) = args.data_dir {
             config.data_dir = v;
@@ -231,10 +254,14 @@ mod tests {
             path.to_str().unwrap(),
             "--addr",
             "127.0.0.1:6000",
+            "--advertise-addr",
+            "pd1:6000",
         ])
         .unwrap();
         let config = PdConfig::from_args(args).unwrap();
         assert_eq!(config.addr, "127.0.0.1:6000");
+        assert_eq!(config.advertise_addr, "pd1:6000");
+        assert_eq!(config.advertise_http_addr, "");
         assert_eq!(config.http_addr, "127.0.0.1:5001");
         assert_eq!(config.max_replicas, 5);
         assert_eq!(config.data_dir, PathBuf::from(DEFAULT_DATA_DIR));

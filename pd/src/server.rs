@@ -101,10 +101,14 @@ pub async fn start(config: PdConfig) -> Result<PdServerHandle> {
         Some(l) => l.local_addr()?.to_string(),
         None => config.peer_addr.clone(),
     };
+    let advertised = |configured: &str, bound: SocketAddr| match configured {
+        "" => bound.to_string(),
+        a => a.to_string(),
+    };
     let members = Arc::new(Membership::new(
         &config,
-        &grpc_addr.to_string(),
-        &http_addr.to_string(),
+        &advertised(&config.advertise_addr, grpc_addr),
+        &advertised(&config.advertise_http_addr, http_addr),
         &peer_addr,
     )?);
     let (shutdown, shutdown_rx) = watch::channel(false);

@@ -319,10 +319,13 @@ async fn run_on(
     }
 
     let log = std::mem::take(&mut *set_log.lock().unwrap_or_else(|e| e.into_inner()));
-    let set = match workload::check_set(&client, &log).await {
-        Ok(set) => set,
-        Err(e) => return (cluster, Err(e)),
-    };
+    // A cluster that cannot serve the read-back fails the run.
+    let set = workload::check_set(&client, &log)
+        .await
+        .unwrap_or_else(|e| SetVerdict {
+            problems: vec![e],
+            ..SetVerdict::default()
+        });
     let ops = registers.history.ops();
     let linearizability =
         match blocking(move || linearizability::check(&ops, Duration::from_secs(60))).await {

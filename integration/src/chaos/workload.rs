@@ -204,21 +204,20 @@ pub async fn check_set(client: &Client, log: &SetLog) -> Result<SetVerdict, Stri
     let start = SET_PREFIX.as_bytes().to_vec();
     let mut end = start.clone();
     *end.last_mut().ok_or("empty prefix")? += 1;
-    let mut last = String::new();
-    let mut pairs = None;
-    for _ in 0..30 {
-        match client.scan(&start, &end, 0, false).await {
-            Ok(p) => {
-                pairs = Some(p);
-                break;
-            }
-            Err(e) => {
-                last = e.to_string();
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
+    // The cluster was just healed: give it a minute to serve again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let pairs = loop {
+        let last =
+            match tokio::time::timeout_at(deadline, client.scan(&start, &end, 0, false)).await {
+                Ok(Ok(pairs)) => break pairs,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "no answer".to_string(),
+            };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("the set read-back failed for 60 s: {last}"));
         }
-    }
-    let pairs = pairs.ok_or_else(|| format!("the set read-back failed: {last}"))?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
     let mut v = SetVerdict {
         found: pairs.len(),
         acked: log.acked.len(),

@@ -53,6 +53,9 @@ fn main() {
             Command::Chaos(a) => chaos::run(a).await,
         }
     });
+    // Dropping the runtime waits for blocking tasks (a chaos run's fault
+    // schedule still holding its cluster) so that their clean-up runs.
+    drop(runtime);
     if let Err(e) = result {
         eprintln!("error: {e}");
         std::process::exit(1);
