@@ -61,8 +61,8 @@ pub trait Cluster: Send {
     fn add_store(&mut self) -> Result<usize, String>;
     /// Stops a store for good (after PD removed it).
     fn drop_store(&mut self, index: usize) -> Result<(), String>;
-    /// The last log lines of every process, for failure reports.
-    fn logs(&self) -> String;
+    /// Writes every process's whole log into `dir`, for failure reports.
+    fn save_logs(&self, dir: &Path) -> Result<(), String>;
 }
 
 /// Store settings of clusters under test: a fast clock so elections and
@@ -289,16 +289,16 @@ impl Cluster for LocalCluster {
         Ok(())
     }
 
-    fn logs(&self) -> String {
-        let mut out = String::new();
+    fn save_logs(&self, dir: &Path) -> Result<(), String> {
         let procs = self
             .pds
             .iter()
             .chain(self.stores.iter().flatten().map(|s| &s.proc))
             .chain(std::iter::once(&self.router));
         for p in procs {
-            out.push_str(&format!("--- {}\n{}\n", p.name(), p.log_tail()));
+            let path = dir.join(format!("{}.log", p.name()));
+            std::fs::write(&path, p.log()).map_err(|e| format!("{}: {e}", path.display()))?;
         }
-        out
+        Ok(())
     }
 }

@@ -143,6 +143,11 @@ impl ComposeCluster {
         self.run(&all)
     }
 
+    /// The last log lines of every container.
+    pub fn logs(&self) -> String {
+        text(&self.run(&["logs", "--no-color", "--tail", "30"]).stdout)
+    }
+
     /// The router's address as published on the host.
     pub fn router_addr(&self) -> String {
         format!("127.0.0.1:{}", self.router_port)
@@ -311,7 +316,9 @@ impl Cluster for ComposeCluster {
         self.add_store().map(drop)
     }
 
-    fn logs(&self) -> String {
-        text(&self.run(&["logs", "--no-color", "--tail", "30"]).stdout)
+    fn save_logs(&self, dir: &Path) -> Result<(), String> {
+        let logs = self.run_ok(&["logs", "--no-color", "--timestamps"])?;
+        let path = dir.join("compose.log");
+        std::fs::write(&path, logs).map_err(|e| format!("{}: {e}", path.display()))
     }
 }

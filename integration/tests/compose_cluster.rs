@@ -8,7 +8,6 @@
 use std::process::Command;
 use std::time::Duration;
 
-use concord_integration::cluster::Cluster;
 use concord_integration::compose::{on_path, text, ComposeCluster};
 use concord_integration::process::bin_dir;
 

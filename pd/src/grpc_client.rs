@@ -16,7 +16,7 @@ use concord_proto::{metapb, pdpb};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::client::{PdClient, PdError, PdResult, RegionInfo};
@@ -55,14 +55,6 @@ struct Shared {
     addrs: Vec<String>,
     conn: tokio::sync::Mutex<Option<Conn>>,
     responses: parking_lot::Mutex<mpsc::Sender<pdpb::RegionHeartbeatResponse>>,
-}
-
-fn url(addr: &str) -> String {
-    if addr.starts_with("http://") || addr.starts_with("https://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    }
 }
 
 /// Whether a gRPC status means the connection (not the request) failed.
@@ -144,10 +136,7 @@ impl Shared {
 
     /// Connects to `addr` and asks it for the members.
     async fn members_of(addr: &str) -> Result<(PdGrpc<Channel>, pdpb::GetMembersResponse), String> {
-        let endpoint = Endpoint::from_shared(url(addr))
-            .map_err(|e| format!("{addr}: bad address: {e}"))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true);
+        let endpoint = concord_common::grpc::endpoint(addr, CONNECT_TIMEOUT)?;
         let channel = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect())
             .await
             .map_err(|_| format!("{addr}: connect timed out"))?
@@ -175,7 +164,7 @@ impl Shared {
             .and_then(|m| m.client_urls.first())
             .cloned()
             .ok_or_else(|| format!("{addr}: knows no PD leader"))?;
-        let (client, members, addr) = if leader_url == url(addr) {
+        let (client, members, addr) = if leader_url == concord_common::grpc::url(addr) {
             (client, members, addr.to_string())
         } else {
             let (client, members) = Self::members_of(&leader_url).await?;

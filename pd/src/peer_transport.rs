@@ -12,7 +12,7 @@ use concord_proto::pd_raftpb::{RaftBatch, RaftBatchResponse};
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 use tokio::sync::mpsc;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
 
 use crate::error::{PdServerError, Result};
@@ -46,21 +46,10 @@ impl PeerSender {
             )
         })?;
         for (id, url) in peers {
-            let endpoint = Endpoint::from_shared(url.clone())
-                .map_err(|e| PdServerError::Config(format!("bad peer address {url}: {e}")))?
-                .connect_timeout(CONNECT_TIMEOUT)
-                .tcp_nodelay(true);
+            let endpoint = concord_common::grpc::endpoint(&url, CONNECT_TIMEOUT)
+                .map_err(|e| PdServerError::Config(format!("PD peer: {e}")))?;
             let (tx, rx) = mpsc::unbounded_channel();
-            let channel = {
-                let _guard = runtime.enter();
-                endpoint.connect_lazy()
-            };
-            runtime.spawn(send_loop(
-                url,
-                PdPeerClient::new(channel),
-                members.clone(),
-                rx,
-            ));
+            runtime.spawn(send_loop(url, endpoint, members.clone(), rx));
             queues.insert(id, tx);
         }
         Ok(PeerSender { queues })
@@ -79,10 +68,11 @@ impl PeerSender {
 
 async fn send_loop(
     url: String,
-    mut client: PdPeerClient<Channel>,
+    endpoint: Endpoint,
     members: Arc<Membership>,
     mut queue: mpsc::UnboundedReceiver<Message>,
 ) {
+    let mut client = PdPeerClient::new(endpoint.connect_lazy());
     let mut failing = false;
     while let Some(first) = queue.recv().await {
         let mut batch = vec![first];
@@ -121,6 +111,8 @@ async fn send_loop(
                     tracing::warn!(%url, "sending to PD peer timed out");
                     failing = true;
                 }
+                // The connection may be dead without knowing it: start over.
+                client = PdPeerClient::new(endpoint.connect_lazy());
             }
         }
     }

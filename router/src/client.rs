@@ -9,9 +9,10 @@ use std::sync::Arc;
 use concord_proto::kvrpcpb::KvPair;
 use concord_proto::routerpb;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::metrics::Op;
 use crate::router_pool::{RouterPool, RouterPoolConfig};
-use crate::routing::{CasOutcome, Router, RoutingConfig, CAS_OUTCOME_UNKNOWN};
+use crate::routing::{CasOutcome, Router, RoutingConfig};
 
 #[derive(Clone)]
 enum Backend {
@@ -76,7 +77,7 @@ impl Client {
                 p.limits().check_key(key)?;
                 let req = routerpb::GetRequest { key: key.to_vec() };
                 let resp = p
-                    .call("get", key, |mut c| {
+                    .call(Op::Get, key, |mut c| {
                         let req = req.clone();
                         async move { c.get(req).await }
                     })
@@ -99,7 +100,7 @@ impl Client {
                     keys: keys.to_vec(),
                 };
                 let resp = p
-                    .call("batch_get", first, |mut c| {
+                    .call(Op::BatchGet, first, |mut c| {
                         let req = req.clone();
                         async move { c.batch_get(req).await }
                     })
@@ -126,7 +127,7 @@ impl Client {
                     value: value.to_vec(),
                     ttl: ttl_secs,
                 };
-                p.call("put", key, |mut c| {
+                p.call(Op::Put, key, |mut c| {
                     let req = req.clone();
                     async move { c.put(req).await }
                 })
@@ -156,7 +157,7 @@ impl Client {
                     pairs: pairs.to_vec(),
                     ttl: ttl_secs,
                 };
-                p.call("batch_put", &pairs[0].key, |mut c| {
+                p.call(Op::BatchPut, &pairs[0].key, |mut c| {
                     let req = req.clone();
                     async move { c.batch_put(req).await }
                 })
@@ -173,7 +174,7 @@ impl Client {
             Backend::Routers(p) => {
                 p.limits().check_key(key)?;
                 let req = routerpb::DeleteRequest { key: key.to_vec() };
-                p.call("delete", key, |mut c| {
+                p.call(Op::Delete, key, |mut c| {
                     let req = req.clone();
                     async move { c.delete(req).await }
                 })
@@ -193,7 +194,7 @@ impl Client {
                     start_key: start.to_vec(),
                     end_key: end.to_vec(),
                 };
-                p.call("delete_range", start, |mut c| {
+                p.call(Op::DeleteRange, start, |mut c| {
                     let req = req.clone();
                     async move { c.delete_range(req).await }
                 })
@@ -248,7 +249,7 @@ impl Client {
                     key_only,
                 };
                 let resp = p
-                    .call("scan", start, |mut c| {
+                    .call(Op::Scan, start, |mut c| {
                         let req = req.clone();
                         async move { c.scan(req).await }
                     })
@@ -279,15 +280,12 @@ impl Client {
                     previous_not_exist: previous.is_none(),
                     ttl: 0,
                 };
-                let (resp, ambiguous) = p
-                    .call_noting("compare_and_swap", key, |mut c| {
+                let resp = p
+                    .call(Op::CompareAndSwap, key, |mut c| {
                         let req = req.clone();
                         async move { c.compare_and_swap(req).await }
                     })
                     .await?;
-                if ambiguous && !resp.succeed {
-                    return Err(Error::Unavailable(CAS_OUTCOME_UNKNOWN.into()));
-                }
                 Ok(CasOutcome {
                     succeed: resp.succeed,
                     previous: (!resp.previous_not_exist).then_some(resp.previous_value),

@@ -42,6 +42,13 @@ impl Op {
         Op::CompareAndSwap,
     ];
 
+    /// Whether the operation writes: such a request is never sent again
+    /// after an attempt that may have been applied, as applying it twice
+    /// could undo a newer write in between.
+    pub fn writes(self) -> bool {
+        !matches!(self, Op::Get | Op::BatchGet | Op::Scan)
+    }
+
     /// The operation's name (metrics label, error messages).
     pub fn as_str(self) -> &'static str {
         match self {

@@ -29,19 +29,25 @@ pub enum RetryReason {
     StaleCommand,
     /// The request reached a different store than intended.
     StoreNotMatch,
-    /// The store could not be reached (connection refused, reset, timeout).
+    /// No connection to the store could be made: the request was not sent.
+    StoreNotConnected,
+    /// The store did not answer: the link broke or the deadline passed
+    /// after the request went out.
     StoreUnreachable,
     /// The store answered with an internal error.
     StoreError,
     /// PD could not be reached or did not know the region or store.
     PdUnavailable,
-    /// A router (client side of `connect_routers`) could not be reached.
+    /// No connection to a router (client side of `connect_routers`) could
+    /// be made: the request was not sent.
+    RouterNotConnected,
+    /// A router (client side of `connect_routers`) did not answer.
     RouterUnreachable,
 }
 
 impl RetryReason {
     /// Every reason, in metrics order.
-    pub const ALL: [RetryReason; 11] = [
+    pub const ALL: [RetryReason; 13] = [
         RetryReason::NotLeader,
         RetryReason::EpochNotMatch,
         RetryReason::RegionNotFound,
@@ -49,9 +55,11 @@ impl RetryReason {
         RetryReason::ServerIsBusy,
         RetryReason::StaleCommand,
         RetryReason::StoreNotMatch,
+        RetryReason::StoreNotConnected,
         RetryReason::StoreUnreachable,
         RetryReason::StoreError,
         RetryReason::PdUnavailable,
+        RetryReason::RouterNotConnected,
         RetryReason::RouterUnreachable,
     ];
 
@@ -65,17 +73,19 @@ impl RetryReason {
             RetryReason::ServerIsBusy => "server_is_busy",
             RetryReason::StaleCommand => "stale_command",
             RetryReason::StoreNotMatch => "store_not_match",
+            RetryReason::StoreNotConnected => "store_not_connected",
             RetryReason::StoreUnreachable => "store_unreachable",
             RetryReason::StoreError => "store_error",
             RetryReason::PdUnavailable => "pd_unavailable",
+            RetryReason::RouterNotConnected => "router_not_connected",
             RetryReason::RouterUnreachable => "router_unreachable",
         }
     }
 
     /// Whether the failed attempt may still have taken effect: the request
     /// may have reached the store (or router) before the link failed or the
-    /// deadline passed. Region errors and PD failures are definite: the
-    /// request was refused, or never sent.
+    /// deadline passed. Region errors, connection failures and PD failures
+    /// are definite: the request was refused, or never sent.
     pub fn may_have_applied(self) -> bool {
         matches!(
             self,
@@ -95,6 +105,26 @@ impl fmt::Display for RetryReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// Whether a failed call never got a connection (refused, no route): the
+/// request cannot have been sent. Any other transport failure may have
+/// happened after the request went out.
+pub fn connect_failed(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        let refused = e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable
+            )
+        });
+        if refused || e.to_string().starts_with("tcp connect error") {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// How soon the next attempt may go out.
@@ -171,6 +201,7 @@ const MAX_IMMEDIATE_STREAK: u32 = 3;
 pub struct Backoff {
     config: BackoffConfig,
     operation: &'static str,
+    writes: bool,
     started: Instant,
     failures: u32,
     backoffs: u32,
@@ -183,11 +214,19 @@ impl Backoff {
         Backoff {
             config,
             operation,
+            writes: false,
             started: Instant::now(),
             failures: 0,
             backoffs: 0,
             immediate_streak: 0,
         }
+    }
+
+    /// Marks the operation as a write: it is not retried after an attempt
+    /// that may have been applied (see [`RetryReason::may_have_applied`]).
+    pub fn for_writes(mut self, writes: bool) -> Backoff {
+        self.writes = writes;
+        self
     }
 
     /// Time left in the budget.
@@ -238,9 +277,17 @@ impl Backoff {
     }
 
     /// Records a failed attempt and waits before the next one, or returns
-    /// the final error if the next attempt would start past the budget.
+    /// the final error: when the next attempt would start past the budget,
+    /// or when it would repeat a write that may already have been applied.
     pub async fn wait(&mut self, retry: &Retry) -> Result<(), Error> {
         self.failures += 1;
+        if self.writes && retry.reason.may_have_applied() {
+            return Err(Error::Unavailable(format!(
+                "{}: outcome unknown, the write may or may not have been applied \
+                 (not retried, so that it cannot be applied twice); {}: {}",
+                self.operation, retry.reason, retry.detail
+            )));
+        }
         let delay = self.next_delay(retry);
         if self.started.elapsed() + delay >= self.config.total {
             return Err(self.exhausted(retry));

@@ -16,7 +16,8 @@ use tonic::transport::Channel;
 use tonic::Status;
 
 use crate::error::{Error, Result};
-use crate::retry::{Backoff, BackoffConfig, Retry, RetryReason};
+use crate::metrics::Op;
+use crate::retry::{connect_failed, Backoff, BackoffConfig, Retry, RetryReason};
 use crate::store_conn::{lazy_channel, MAX_MESSAGE_SIZE};
 use concord_common::limits::Limits;
 
@@ -170,57 +171,51 @@ impl RouterPool {
     /// Calls the router `key` maps to, moving to the next router on the
     /// ring when one cannot be reached, until an answer or the budget ends.
     /// Errors the router itself answered with are final.
-    pub(crate) async fn call<T, F, Fut>(&self, op: &'static str, key: &[u8], f: F) -> Result<T>
+    pub(crate) async fn call<T, F, Fut>(&self, op: Op, key: &[u8], f: F) -> Result<T>
     where
         F: Fn(RawKvClient<Channel>) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
     {
-        self.call_noting(op, key, f).await.map(|(resp, _)| resp)
-    }
-
-    /// [`RouterPool::call`], also telling whether an earlier attempt failed
-    /// in a way that may have let it reach a router and take effect.
-    pub(crate) async fn call_noting<T, F, Fut>(
-        &self,
-        op: &'static str,
-        key: &[u8],
-        f: F,
-    ) -> Result<(T, bool)>
-    where
-        F: Fn(RawKvClient<Channel>) -> Fut,
-        Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
-    {
-        let mut backoff = Backoff::new(op, self.config.backoff);
-        let mut ambiguous = false;
+        let mut backoff = Backoff::new(op.as_str(), self.config.backoff).for_writes(op.writes());
         loop {
             let Some(i) = self.pick(key) else {
                 return Err(Error::Config("no router address given".into()));
             };
             let router = &self.routers[i];
             let timeout = self.config.rpc_timeout.min(backoff.remaining());
-            let reason = match tokio::time::timeout(timeout, f(router.client.clone())).await {
-                Ok(Ok(resp)) => return Ok((resp.into_inner(), ambiguous)),
-                Ok(Err(status)) => match Error::from_router_status(&status) {
-                    Some(e) => return Err(e),
-                    None => format!(
-                        "router at {} unreachable: {}",
-                        router.addr,
-                        status.message()
+            let (reason, detail) =
+                match tokio::time::timeout(timeout, f(router.client.clone())).await {
+                    Ok(Ok(resp)) => return Ok(resp.into_inner()),
+                    Ok(Err(status)) => match Error::from_router_status(&status) {
+                        Some(e) => return Err(e),
+                        None => (
+                            if connect_failed(&status) {
+                                RetryReason::RouterNotConnected
+                            } else {
+                                RetryReason::RouterUnreachable
+                            },
+                            format!(
+                                "router at {} unreachable: {}",
+                                router.addr,
+                                status.message()
+                            ),
+                        ),
+                    },
+                    Err(_) => (
+                        RetryReason::RouterUnreachable,
+                        format!(
+                            "router at {} did not answer within {timeout:?}",
+                            router.addr
+                        ),
                     ),
-                },
-                Err(_) => format!(
-                    "router at {} did not answer within {timeout:?}",
-                    router.addr
-                ),
-            };
-            ambiguous = true;
+                };
             *router.down_until.lock() = Some(Instant::now() + DOWN_FOR);
-            tracing::debug!(%reason, "trying another router");
+            tracing::debug!(%detail, "trying another router");
             let another_up = self.routers.iter().any(|r| !r.is_down());
             let retry = if another_up {
-                Retry::immediate(RetryReason::RouterUnreachable, reason)
+                Retry::immediate(reason, detail)
             } else {
-                Retry::backoff(RetryReason::RouterUnreachable, reason)
+                Retry::backoff(reason, detail)
             };
             backoff.wait(&retry).await?;
         }

@@ -18,7 +18,7 @@ use crate::metrics::{Metrics, Op};
 use crate::pd::{PdConnection, RegionSource};
 use crate::region_cache::{CachedRegion, RegionCache};
 use crate::region_error::apply_region_error;
-use crate::retry::{Backoff, BackoffConfig, Retry, RetryReason};
+use crate::retry::{connect_failed, Backoff, BackoffConfig, Retry, RetryReason};
 use crate::store_conn::StoreConnections;
 use concord_common::limits::Limits;
 
@@ -126,7 +126,11 @@ fn classify_status(status: &Status, store_id: u64, address: &str) -> AttemptErro
             AttemptError::Fatal(Error::InvalidArgument(status.message().to_string()))
         }
         Code::Unavailable | Code::Unknown | Code::Cancelled => AttemptError::Retry(Retry::backoff(
-            RetryReason::StoreUnreachable,
+            if connect_failed(status) {
+                RetryReason::StoreNotConnected
+            } else {
+                RetryReason::StoreUnreachable
+            },
             format!(
                 "store {store_id} at {address} unreachable: {}",
                 status.message()
@@ -141,11 +145,6 @@ fn classify_status(status: &Status, store_id: u64, address: &str) -> AttemptErro
         )),
     }
 }
-
-/// What a compare-and-swap answers when a retry found the value changed
-/// after an attempt whose outcome is unknown.
-pub const CAS_OUTCOME_UNKNOWN: &str = "compare-and-swap outcome unknown: an attempt that failed \
-     may have been applied, and the retry found the value no longer as expected";
 
 /// The store's own prefix for invalid-argument messages in `error`.
 const INVALID_ARGUMENT_PREFIX: &str = "invalid argument: ";
@@ -218,7 +217,7 @@ impl Router {
     }
 
     pub(crate) fn backoff(&self, op: Op) -> Backoff {
-        Backoff::new(op.as_str(), self.config.backoff)
+        Backoff::new(op.as_str(), self.config.backoff).for_writes(op.writes())
     }
 
     /// Counts `retry` and waits before the next attempt.
@@ -362,7 +361,10 @@ impl Router {
             Ok(Err(status)) => {
                 let err = classify_status(&status, peer.store_id, &conn.address);
                 if let AttemptError::Retry(r) = &err {
-                    if r.reason == RetryReason::StoreUnreachable {
+                    if matches!(
+                        r.reason,
+                        RetryReason::StoreUnreachable | RetryReason::StoreNotConnected
+                    ) {
                         self.stores.mark_unreachable(peer.store_id);
                         self.cache.remove(region.id());
                     }
@@ -403,31 +405,16 @@ impl Router {
         F: Fn(KvClient<Channel>, Context) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
     {
-        self.on_key_noting(op, key, call)
-            .await
-            .map(|(resp, _)| resp)
-    }
-
-    /// [`Router::on_key`], also telling whether an earlier, failed attempt
-    /// may have taken effect (see [`RetryReason::may_have_applied`]).
-    async fn on_key_noting<T, F, Fut>(&self, op: Op, key: &[u8], call: F) -> Result<(T, bool)>
-    where
-        T: KvResponse,
-        F: Fn(KvClient<Channel>, Context) -> Fut,
-        Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
-    {
         let mut backoff = self.backoff(op);
-        let mut ambiguous = false;
         loop {
             let retry = match self.locate_key(key).await {
                 Ok(region) => match self.attempt(&region, backoff.remaining(), &call).await {
-                    Ok(resp) => return Ok((resp, ambiguous)),
+                    Ok(resp) => return Ok(resp),
                     Err(AttemptError::Fatal(e)) => return Err(e),
                     Err(AttemptError::Retry(r)) => r,
                 },
                 Err(r) => r,
             };
-            ambiguous |= retry.reason.may_have_applied();
             self.retry_wait(&mut backoff, &retry).await?;
         }
     }
@@ -490,11 +477,9 @@ impl Router {
     /// Writes `value` (expiring after `ttl` seconds, 0: never) if the
     /// current value is `previous` (`None`: the key must not exist).
     ///
-    /// If an attempt's outcome is unknown (the store could not be reached or
-    /// did not answer in time) the request is retried; a retry that finds
-    /// the value changed cannot tell whether the earlier attempt changed it,
-    /// so the answer is then [`Error::Unavailable`] (outcome unknown), never
-    /// a wrong `succeed: false`.
+    /// Like every write, it is not retried after an attempt whose outcome
+    /// is unknown (see [`crate::retry::Backoff::for_writes`]): the answer is
+    /// then [`Error::Unavailable`].
     pub async fn compare_and_swap(
         &self,
         key: &[u8],
@@ -505,8 +490,8 @@ impl Router {
         self.observed(Op::CompareAndSwap, async {
             self.config.limits.check_key(key)?;
             self.config.limits.check_value(value)?;
-            let (resp, ambiguous) = self
-                .on_key_noting(Op::CompareAndSwap, key, |mut c, ctx| async move {
+            let resp = self
+                .on_key(Op::CompareAndSwap, key, |mut c, ctx| async move {
                     c.raw_compare_and_swap(kvrpcpb::RawCasRequest {
                         context: Some(ctx),
                         key: key.to_vec(),
@@ -518,9 +503,6 @@ impl Router {
                     .await
                 })
                 .await?;
-            if ambiguous && !resp.succeed {
-                return Err(Error::Unavailable(CAS_OUTCOME_UNKNOWN.into()));
-            }
             Ok(CasOutcome {
                 succeed: resp.succeed,
                 previous: (!resp.previous_not_exist).then_some(resp.previous_value),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use concord_proto::kvrpcpb::kv_client::KvClient;
 use concord_proto::metapb;
 use dashmap::DashMap;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::pd::RegionSource;
 use crate::retry::{Retry, RetryReason};
@@ -40,24 +40,9 @@ pub struct StoreConnections {
     suspects: DashMap<u64, Instant>,
 }
 
-/// Turns `host:port` into a URI tonic accepts.
-pub fn grpc_url(addr: &str) -> String {
-    if addr.starts_with("http://") || addr.starts_with("https://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    }
-}
-
 /// A lazily connecting channel to `addr`.
 pub fn lazy_channel(addr: &str, connect_timeout: Duration) -> Result<Channel, String> {
-    let endpoint = Endpoint::from_shared(grpc_url(addr))
-        .map_err(|e| format!("bad address {addr:?}: {e}"))?
-        .connect_timeout(connect_timeout)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5));
-    Ok(endpoint.connect_lazy())
+    Ok(concord_common::grpc::endpoint(addr, connect_timeout)?.connect_lazy())
 }
 
 impl StoreConnections {

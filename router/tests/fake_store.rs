@@ -329,7 +329,7 @@ async fn an_unreachable_leader_store_is_avoided_and_the_region_reloaded() {
     // PD still names the dead store's peer as leader; store 1 knows better.
     let s = setup(3, Arc::new(|_, _, _| Answer::Value(b"served".to_vec()))).await;
     assert_eq!(s.router.get(b"k").await, Ok(Some(b"served".to_vec())));
-    assert!(s.router.metrics().retries(RetryReason::StoreUnreachable) >= 1);
+    assert!(s.router.metrics().retries(RetryReason::StoreNotConnected) >= 1);
     assert!(
         s.pd.region_lookups.load(Ordering::SeqCst) >= 2,
         "region not reloaded"
@@ -368,15 +368,13 @@ async fn invalid_argument_from_a_store_is_final() {
 }
 
 #[tokio::test]
-async fn a_cas_refused_on_retry_after_an_ambiguous_failure_is_reported_unknown() {
-    // The first attempt's link fails (it may have applied); the retry finds
-    // the value changed, perhaps by that very attempt.
+async fn a_write_whose_attempt_may_have_applied_is_not_retried() {
+    // The link fails after the request went out: it may have been applied,
+    // and sending it again could apply it twice (undoing a newer write in
+    // between). The caller learns that the outcome is unknown.
     let s = setup(
         1,
-        Arc::new(|store, call, _| match (store, call) {
-            (1, 1) => Answer::Status(Status::unavailable("connection reset")),
-            _ => Answer::Value(b"new".to_vec()),
-        }),
+        Arc::new(|_, _, _| Answer::Status(Status::unavailable("connection reset"))),
     )
     .await;
     let answer = s
@@ -387,12 +385,18 @@ async fn a_cas_refused_on_retry_after_an_ambiguous_failure_is_reported_unknown()
         matches!(&answer, Err(Error::Unavailable(m)) if m.contains("outcome unknown")),
         "{answer:?}"
     );
+    assert_eq!((s.calls(1), s.calls(2)), (1, 0), "sent once, not retried");
+    // A read is retried as usual.
+    assert!(s.router.get(b"k").await.is_err());
+    assert!(s.calls(1) + s.calls(2) > 2);
 }
 
 #[tokio::test]
-async fn a_cas_refused_on_retry_after_a_definite_failure_stays_refused() {
+async fn a_write_refused_before_it_was_sent_is_retried() {
+    // Store 3 refuses connections: nothing was sent, so trying the next
+    // peer is safe; so is retrying after a NotLeader.
     let s = setup(
-        1,
+        3,
         Arc::new(|store, _, _| match store {
             1 => Answer::RegionError(Kind::NotLeader(errorpb::NotLeader {
                 region_id: 1,
@@ -409,4 +413,5 @@ async fn a_cas_refused_on_retry_after_a_definite_failure_stays_refused() {
         .expect("a definite answer");
     assert!(!answer.succeed);
     assert_eq!(answer.previous, Some(b"other".to_vec()));
+    assert!(s.router.metrics().retries(RetryReason::StoreNotConnected) >= 1);
 }

@@ -120,9 +120,7 @@ impl Transport for GrpcTransport {
 
 async fn connect(pd: &dyn PdClient, store_id: u64) -> Result<RaftClient<Channel>, String> {
     let store = pd.get_store(store_id).await.map_err(|e| e.to_string())?;
-    let channel = Channel::from_shared(format!("http://{}", store.address))
-        .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_secs(3))
+    let channel = concord_common::grpc::endpoint(&store.address, Duration::from_secs(3))?
         .connect()
         .await
         .map_err(|e| format!("connecting to store {store_id} at {}: {e}", store.address))?;

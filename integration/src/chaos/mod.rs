@@ -18,7 +18,7 @@ use concord_router::Client;
 
 use crate::cluster::{Cluster, LocalCluster};
 use crate::compose::ComposeCluster;
-use crate::history::Counts;
+use crate::history::{Counts, Op};
 use crate::linearizability::{self, Verdict};
 use nemesis::{is_voter, list, Fault, Nemesis};
 use workload::{Registers, SetLog, SetVerdict};
@@ -173,6 +173,12 @@ pub struct Report {
     pub set: SetVerdict,
     /// Regions whose replicas were compared, or why they differ.
     pub replicas: Result<usize, String>,
+    /// Every register operation, in invocation order.
+    pub history: Vec<Op>,
+    /// Wall-clock time of the history's zero, to line it up with logs.
+    pub history_start: std::time::SystemTime,
+    /// Where the logs and history of a failed run were kept.
+    pub evidence: Option<std::path::PathBuf>,
 }
 
 impl Report {
@@ -232,6 +238,9 @@ impl std::fmt::Display for Report {
             Ok(n) => writeln!(f, "replicas: OK ({n} regions identical on every store)")?,
             Err(e) => writeln!(f, "replicas: DIFFER: {e}")?,
         }
+        if let Some(dir) = &self.evidence {
+            writeln!(f, "logs and history: {}", dir.display())?;
+        }
         write!(
             f,
             "verdict: {}",
@@ -246,9 +255,28 @@ impl std::fmt::Display for Report {
 /// failed: see [`Report::passed`].
 pub async fn run(scenario: Scenario, options: Options) -> Result<Report, String> {
     let cluster = blocking(move || scenario.start_cluster()).await??;
-    let (cluster, result) = run_on(cluster, scenario, options).await;
+    let seed = options.seed;
+    let (cluster, mut result) = run_on(cluster, scenario, options).await;
     if result.as_ref().map_or(true, |r| !r.passed()) {
-        eprintln!("chaos: process logs:\n{}", cluster.logs());
+        let dir = std::env::temp_dir().join(format!(
+            "concord-chaos-{}-seed{seed}-{}",
+            scenario.name(),
+            std::process::id()
+        ));
+        let saved = std::fs::create_dir_all(&dir)
+            .map_err(|e| e.to_string())
+            .and_then(|()| cluster.save_logs(&dir))
+            .and_then(|()| match &result {
+                Ok(report) => save_history(report, &dir),
+                Err(_) => Ok(()),
+            });
+        match saved {
+            Ok(()) => eprintln!("chaos: logs and history kept in {}", dir.display()),
+            Err(e) => eprintln!("chaos: could not keep the logs: {e}"),
+        }
+        if let Ok(report) = &mut result {
+            report.evidence = Some(dir);
+        }
     }
     // Tearing down (containers especially) blocks.
     blocking(move || drop(cluster)).await?;
@@ -275,6 +303,7 @@ async fn run_on(
     }
 
     let stop = Arc::new(AtomicBool::new(false));
+    let history_start = std::time::SystemTime::now();
     let registers = Registers::new(options.keys);
     let set_log = Arc::new(Mutex::new(SetLog::default()));
     let mut tasks = Vec::new();
@@ -326,7 +355,8 @@ async fn run_on(
             problems: vec![e],
             ..SetVerdict::default()
         });
-    let ops = registers.history.ops();
+    let history = registers.history.ops();
+    let ops = history.clone();
     let linearizability =
         match blocking(move || linearizability::check(&ops, Duration::from_secs(60))).await {
             Ok(v) => v,
@@ -342,8 +372,27 @@ async fn run_on(
         linearizability,
         set,
         replicas,
+        history,
+        history_start,
+        evidence: None,
     };
     (cluster, Ok(report))
+}
+
+/// Writes the history, one operation per line, to `dir/history.txt`.
+fn save_history(report: &Report, dir: &std::path::Path) -> Result<(), String> {
+    let zero = report
+        .history_start
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut text = format!(
+        "# times are since unix time {}.{:03} s\n",
+        zero.as_secs(),
+        zero.subsec_millis()
+    );
+    text.extend(report.history.iter().map(|op| format!("{op}\n")));
+    let path = dir.join("history.txt");
+    std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Waits until the cluster serves writes and every region has three voters

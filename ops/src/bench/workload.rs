@@ -3,37 +3,88 @@
 
 use rand::Rng;
 
-/// A workload mix.
+/// A workload: what the run phase does (after the load phase, if any).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Workload {
+    /// Inserts only: writes the records and stops.
+    Load,
     /// YCSB A: 50 % reads, 50 % updates.
     A,
     /// YCSB B: 95 % reads, 5 % updates.
     B,
     /// YCSB C: reads only.
     C,
-    /// Inserts only: writes the records and stops.
-    Load,
+    /// YCSB E: 95 % short scans, 5 % inserts of new records.
+    E,
+    /// YCSB F: 50 % reads, 50 % read-modify-writes (read, then
+    /// compare-and-swap the value read).
+    F,
+    /// Raw puts only; skips the load phase.
+    Put,
+    /// Raw gets only.
+    Get,
 }
 
 impl Workload {
-    /// Share of reads among operations of the run phase.
-    pub fn read_proportion(self) -> f64 {
+    /// The run phase's operations with their shares (summing to 1); empty
+    /// for [`Workload::Load`], which has no run phase.
+    pub fn mix(self) -> &'static [(Op, f64)] {
         match self {
-            Workload::A => 0.5,
-            Workload::B => 0.95,
-            Workload::C => 1.0,
-            Workload::Load => 0.0,
+            Workload::Load => &[],
+            Workload::A => &[(Op::Read, 0.5), (Op::Update, 0.5)],
+            Workload::B => &[(Op::Read, 0.95), (Op::Update, 0.05)],
+            Workload::C => &[(Op::Read, 1.0)],
+            Workload::E => &[(Op::Scan, 0.95), (Op::Insert, 0.05)],
+            Workload::F => &[(Op::Read, 0.5), (Op::ReadModifyWrite, 0.5)],
+            Workload::Put => &[(Op::Put, 1.0)],
+            Workload::Get => &[(Op::Get, 1.0)],
         }
     }
 
-    /// A one-line description.
-    pub fn describe(self) -> &'static str {
+    /// Whether the records are inserted before the run phase unless
+    /// `--skip-load` (`put` overwrites records and needs none).
+    pub fn loads_by_default(self) -> bool {
+        self != Workload::Put
+    }
+
+    /// The next operation of the run phase, drawn from [`Workload::mix`].
+    pub fn choose(self, rng: &mut impl Rng) -> Op {
+        let mix = self.mix();
+        let mut u: f64 = rng.gen();
+        for &(op, share) in mix {
+            if u < share {
+                return op;
+            }
+            u -= share;
+        }
+        // Rounding left a sliver above the last share.
+        mix.last().map_or(Op::Insert, |&(op, _)| op)
+    }
+
+    /// A one-line description, e.g. `workload a (50% read, 50% update)`.
+    pub fn describe(self) -> String {
+        if self == Workload::Load {
+            return "load (100% insert)".into();
+        }
+        let parts: Vec<String> = self
+            .mix()
+            .iter()
+            .map(|(op, share)| format!("{:.0}% {}", share * 100.0, op.describe()))
+            .collect();
+        format!("workload {} ({})", self.name(), parts.join(", "))
+    }
+
+    /// The name given on the command line.
+    pub fn name(self) -> &'static str {
         match self {
-            Workload::A => "workload a (50% read, 50% update)",
-            Workload::B => "workload b (95% read, 5% update)",
-            Workload::C => "workload c (100% read)",
-            Workload::Load => "load (100% insert)",
+            Workload::Load => "load",
+            Workload::A => "a",
+            Workload::B => "b",
+            Workload::C => "c",
+            Workload::E => "e",
+            Workload::F => "f",
+            Workload::Put => "put",
+            Workload::Get => "get",
         }
     }
 }
@@ -47,13 +98,46 @@ pub enum Distribution {
     Zipfian,
 }
 
-/// An operation of the run phase.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// An operation, as reported: each has its own latency histogram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Op {
-    /// Read one record.
+    /// Read one record (YCSB read).
     Read,
-    /// Overwrite one record.
+    /// Overwrite one record (YCSB update).
     Update,
+    /// Write a new record (load phase, and workload e).
+    Insert,
+    /// Read up to `--scan-length` records in key order from one record.
+    Scan,
+    /// Read one record, then compare-and-swap it from the value read to a
+    /// new one.
+    ReadModifyWrite,
+    /// A raw put of one record (workload `put`).
+    Put,
+    /// A raw get of one record (workload `get`).
+    Get,
+}
+
+impl Op {
+    /// The name in reports and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Read => "read",
+            Op::Update => "update",
+            Op::Insert => "insert",
+            Op::Scan => "scan",
+            Op::ReadModifyWrite => "rmw",
+            Op::Put => "put",
+            Op::Get => "get",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Op::ReadModifyWrite => "read-modify-write",
+            op => op.name(),
+        }
+    }
 }
 
 /// The key of record `n`: `user` + 16 hex digits of a bijective hash, so
@@ -66,12 +150,34 @@ pub fn key_of(n: u64) -> Vec<u8> {
     format!("user{z:016x}").into_bytes()
 }
 
-/// A printable value of `size` bytes.
-pub fn value_of(rng: &mut impl Rng, size: usize) -> Vec<u8> {
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-    (0..size)
-        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())])
-        .collect()
+/// Just past every record key (`user` + hex digits): scans stop here, so
+/// they stay within the benchmark's records.
+pub const KEY_END: &[u8] = b"uses";
+
+/// Printable values of one size, cut from one shared random buffer at a
+/// random offset, so making a value costs a copy, not a random draw per
+/// byte.
+#[derive(Debug, Clone)]
+pub struct Values {
+    pool: std::sync::Arc<[u8]>,
+    size: usize,
+}
+
+impl Values {
+    /// Values of `size` bytes.
+    pub fn new(rng: &mut impl Rng, size: usize) -> Values {
+        const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+        let pool = (0..size.saturating_mul(2).max(64))
+            .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())])
+            .collect();
+        Values { pool, size }
+    }
+
+    /// The next value.
+    pub fn next(&self, rng: &mut impl Rng) -> Vec<u8> {
+        let start = rng.gen_range(0..=self.pool.len() - self.size);
+        self.pool[start..start + self.size].to_vec()
+    }
 }
 
 /// Picks record numbers in `[0, n)`.
@@ -149,6 +255,7 @@ impl Zipf {
 mod tests {
     use std::collections::HashSet;
 
+    use clap::ValueEnum;
     use rand::SeedableRng;
 
     use super::*;
@@ -182,12 +289,85 @@ mod tests {
 
     #[test]
     fn mixes_match_ycsb() {
-        assert_eq!(Workload::A.read_proportion(), 0.5);
-        assert_eq!(Workload::B.read_proportion(), 0.95);
-        assert_eq!(Workload::C.read_proportion(), 1.0);
+        let share = |w: Workload, op: Op| {
+            w.mix()
+                .iter()
+                .find(|(o, _)| *o == op)
+                .map_or(0.0, |(_, s)| *s)
+        };
+        assert_eq!(share(Workload::A, Op::Read), 0.5);
+        assert_eq!(share(Workload::A, Op::Update), 0.5);
+        assert_eq!(share(Workload::B, Op::Read), 0.95);
+        assert_eq!(share(Workload::B, Op::Update), 0.05);
+        assert_eq!(share(Workload::C, Op::Read), 1.0);
+        assert_eq!(share(Workload::E, Op::Scan), 0.95);
+        assert_eq!(share(Workload::E, Op::Insert), 0.05);
+        assert_eq!(share(Workload::F, Op::Read), 0.5);
+        assert_eq!(share(Workload::F, Op::ReadModifyWrite), 0.5);
+        assert_eq!(Workload::Put.mix(), &[(Op::Put, 1.0)]);
+        assert_eq!(Workload::Get.mix(), &[(Op::Get, 1.0)]);
+        assert!(Workload::Load.mix().is_empty());
+        for w in [
+            Workload::A,
+            Workload::B,
+            Workload::C,
+            Workload::E,
+            Workload::F,
+            Workload::Put,
+            Workload::Get,
+        ] {
+            let total: f64 = w.mix().iter().map(|(_, s)| s).sum();
+            assert!((total - 1.0).abs() < 1e-9, "{w:?} sums to {total}");
+        }
+        assert!(!Workload::Put.loads_by_default());
+        assert!(Workload::Get.loads_by_default() && Workload::E.loads_by_default());
+    }
+
+    #[test]
+    fn choose_follows_the_mix() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for (w, op, want) in [
+            (Workload::B, Op::Read, 0.95),
+            (Workload::E, Op::Scan, 0.95),
+            (Workload::F, Op::ReadModifyWrite, 0.5),
+            (Workload::Put, Op::Put, 1.0),
+        ] {
+            let n = 20_000;
+            let hits = (0..n).filter(|_| w.choose(&mut rng) == op).count();
+            let got = hits as f64 / n as f64;
+            assert!((got - want).abs() < 0.015, "{w:?} {op:?}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn descriptions_name_the_mix() {
+        assert_eq!(Workload::A.describe(), "workload a (50% read, 50% update)");
+        assert_eq!(
+            Workload::F.describe(),
+            "workload f (50% read, 50% read-modify-write)"
+        );
+        assert_eq!(Workload::E.describe(), "workload e (95% scan, 5% insert)");
+        assert_eq!(Workload::Load.describe(), "load (100% insert)");
+        for w in Workload::value_variants() {
+            let flag = w.to_possible_value().expect("every workload has a name");
+            assert_eq!(flag.get_name(), w.name());
+        }
+    }
+
+    #[test]
+    fn values_are_printable_sized_and_vary() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        let v = value_of(&mut rng, 100);
-        assert_eq!(v.len(), 100);
-        assert!(std::str::from_utf8(&v).is_ok());
+        for size in [1, 100, 5000] {
+            let values = Values::new(&mut rng, size);
+            let drawn: HashSet<Vec<u8>> = (0..50).map(|_| values.next(&mut rng)).collect();
+            assert!(drawn.iter().all(|v| v.len() == size));
+            assert!(drawn.iter().all(|v| std::str::from_utf8(v).is_ok()));
+            assert!(drawn.len() > 1, "size {size}: every value the same");
+        }
+    }
+
+    #[test]
+    fn every_key_sorts_below_the_scan_end() {
+        assert!((0..1000).map(key_of).all(|k| k.as_slice() < KEY_END));
     }
 }
