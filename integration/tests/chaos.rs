@@ -30,8 +30,9 @@ async fn run_and_judge(scenario: Scenario) {
         .unwrap_or_else(|e| panic!("{} could not run: {e}", scenario.name()));
     println!("{report}");
     assert!(report.faults > 0, "no fault was injected:\n{report}");
+    let counts = report.counts();
     assert!(
-        report.counts.read.ok + report.counts.write.ok + report.counts.cas.ok > 100,
+        counts.read.ok + counts.write.ok + counts.cas.ok > 100,
         "too few operations succeeded to judge anything:\n{report}"
     );
     assert!(report.passed(), "{report}");

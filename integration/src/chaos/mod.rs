@@ -165,8 +165,6 @@ pub struct Report {
     pub schedule: Vec<String>,
     /// Faults injected.
     pub faults: usize,
-    /// Register operations by outcome.
-    pub counts: Counts,
     /// The linearizability checker's verdict on the register history.
     pub linearizability: Verdict,
     /// The set read-back.
@@ -182,6 +180,11 @@ pub struct Report {
 }
 
 impl Report {
+    /// Register operations by outcome.
+    pub fn counts(&self) -> Counts {
+        Counts::of(&self.history)
+    }
+
     /// Whether every check passed.
     pub fn passed(&self) -> bool {
         self.linearizability.ok && self.set.problems.is_empty() && self.replicas.is_ok()
@@ -201,7 +204,7 @@ impl std::fmt::Display for Report {
         for line in &self.schedule {
             writeln!(f, "  {line}")?;
         }
-        writeln!(f, "register operations: {}", self.counts)?;
+        writeln!(f, "register operations: {}", self.counts())?;
         let l = &self.linearizability;
         writeln!(
             f,
@@ -365,7 +368,6 @@ async fn run_on(
     let replicas = replicas_identical(cluster.as_mut()).await;
     let report = Report {
         scenario,
-        counts: registers.history.counts(),
         options,
         schedule,
         faults,
