@@ -107,9 +107,10 @@ impl fmt::Display for RetryReason {
     }
 }
 
-/// Whether a failed call never got a connection (refused, no route): the
-/// request cannot have been sent. Any other transport failure may have
-/// happened after the request went out.
+/// Whether a failed call cannot have been sent: no connection could be made
+/// (refused, no route), or the connection closed while the request still
+/// waited in its queue (hyper reports that as canceled). Any other
+/// transport failure may have happened after the request went out.
 pub fn connect_failed(status: &tonic::Status) -> bool {
     let mut source = std::error::Error::source(status);
     while let Some(e) = source {
@@ -119,7 +120,10 @@ pub fn connect_failed(status: &tonic::Status) -> bool {
                 std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable
             )
         });
-        if refused || e.to_string().starts_with("tcp connect error") {
+        let unsent = e
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_canceled);
+        if refused || unsent || e.to_string().starts_with("tcp connect error") {
             return true;
         }
         source = e.source();
