@@ -7,75 +7,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use concord_common::pd_client::PdClient;
-use concord_integration::process::{free_port, Proc, StoreProc};
+use concord_integration::cluster::{Cluster, LocalCluster, Node};
 use concord_integration::raw_client::{pd_leader, RawClient};
 use concord_integration::wait_for;
 use concord_router::Client;
 
-const STORE_CONFIG: &str = "[raftstore]\ntick-interval-ms = 50\n";
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_the_pd_leader_disturbs_no_client() {
-    let dir = tempfile::tempdir().unwrap();
-    let grpc: Vec<String> = (0..3)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
-        .collect();
-    let peers: Vec<String> = (0..3)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
-        .collect();
-    let initial = (0..3)
-        .map(|i| format!("pd{i}={}", peers[i]))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut pds: Vec<Proc> = (0..3)
-        .map(|i| {
-            let args = [
-                "--name",
-                &format!("pd{i}"),
-                "--addr",
-                &grpc[i],
-                "--http-addr",
-                &format!("127.0.0.1:{}", free_port()),
-                "--peer-addr",
-                &peers[i],
-                "--initial-cluster",
-                &initial,
-                "--election-timeout-ms",
-                "500",
-                "--data-dir",
-                &dir.path().join(format!("pd{i}")).display().to_string(),
-            ];
-            Proc::start(
-                "concord-pd",
-                args.iter().map(|s| s.to_string()).collect(),
-                dir.path().join(format!("pd{i}.log")),
-            )
-        })
-        .collect();
-    let pd_list = grpc.join(",");
-    let config = dir.path().join("store.toml");
-    std::fs::write(&config, STORE_CONFIG).unwrap();
-    let config = config.display().to_string();
-    let _stores: Vec<StoreProc> = (1..=3)
-        .map(|n| StoreProc::start(dir.path(), n, &pd_list, &["--config", &config]))
-        .collect();
-    let router_addr = format!("127.0.0.1:{}", free_port());
-    let router = Proc::start(
-        "concord-router",
-        [
-            "--addr",
-            &router_addr,
-            "--status-addr",
-            "127.0.0.1:0",
-            "--pd",
-            &pd_list,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect(),
-        dir.path().join("router.log"),
-    );
-    router.wait_line("concord-router ready", Duration::from_secs(60));
+    // Three PD members, three stores, a router (ready when this returns).
+    let mut cluster = tokio::task::spawn_blocking(|| LocalCluster::start(3, 3))
+        .await
+        .unwrap();
+    let grpc = cluster.pd_addrs().to_vec();
+    let router_addr = cluster.router_addrs().remove(0);
 
     let raw = Arc::new(loop {
         if let Ok(c) = RawClient::connect(&grpc).await {
@@ -94,11 +38,7 @@ async fn killing_the_pd_leader_disturbs_no_client() {
         }
     })
     .await;
-    assert!(
-        replicated,
-        "region never got 3 voters\n{}",
-        pds[0].log_tail()
-    );
+    assert!(replicated, "region never got 3 voters");
     let tso_before = raw.pd.get_tso().await.unwrap();
 
     let client = Client::connect_routers(std::slice::from_ref(&router_addr))
@@ -136,7 +76,7 @@ async fn killing_the_pd_leader_disturbs_no_client() {
         .iter()
         .position(|a| *a == leader)
         .expect("the leader is a member");
-    pds[victim].kill();
+    cluster.kill(Node::Pd(victim)).unwrap();
     let survivors: Vec<String> = grpc.iter().filter(|a| **a != leader).cloned().collect();
     assert!(
         wait_for(Duration::from_secs(30), || {

@@ -448,14 +448,7 @@ impl Peer {
 
     fn housekeeping(&mut self, ctx: &mut PollContext) {
         let last = self.raft.raft.raft_log.last_index();
-        let min_matched = self
-            .raft
-            .raft
-            .prs()
-            .iter()
-            .map(|(_, pr)| pr.matched)
-            .min()
-            .unwrap_or(last);
+        let min_matched = self.min_matched().unwrap_or(last);
         ctx.meta
             .lock()
             .log_lag
@@ -469,6 +462,11 @@ impl Peer {
             });
         }
         self.heartbeat_pd(ctx);
+    }
+
+    /// The lowest log index every peer is known to hold (leader's view).
+    fn min_matched(&self) -> Option<u64> {
+        self.raft.raft.prs().iter().map(|(_, pr)| pr.matched).min()
     }
 
     fn heartbeat_pd(&mut self, ctx: &mut PollContext) {
@@ -497,14 +495,7 @@ impl Peer {
         if applied < first || applied - first + 1 < ctx.cfg.raft_log_gc_threshold {
             return;
         }
-        let min_matched = self
-            .raft
-            .raft
-            .prs()
-            .iter()
-            .map(|(_, pr)| pr.matched)
-            .min()
-            .unwrap_or(applied);
+        let min_matched = self.min_matched().unwrap_or(applied);
         // Keep what lagging followers still need, within a bounded lag.
         let compact = if applied - min_matched.min(applied) > ctx.cfg.raft_log_gc_max_lag {
             applied
