@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use concord_pd::http_api::hex;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -296,9 +297,4 @@ pub fn is_voter(peer: &&Value) -> bool {
 /// The array under `field` of a pd-ctl answer.
 pub fn list(v: &Value, field: &str) -> Vec<Value> {
     v[field].as_array().cloned().unwrap_or_default()
-}
-
-/// Lower-case hex, as pd-ctl takes keys.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -5,6 +5,7 @@
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use concord_pd::http_api::hex;
 use serde_json::{json, Value};
 
 #[derive(Parser, Debug)]
@@ -265,10 +266,6 @@ fn parse_label(text: &str) -> Result<(String, String), CtlError> {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(CtlError::Usage(format!("label {text:?} is not KEY=VALUE"))),
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 async fn run(pd: &Pd, command: Command) -> Result<Value, CtlError> {
