@@ -1,7 +1,8 @@
 //! Scale-out and scale-in with the real binaries while a client runs
 //! through a router: 3 stores and 200+ regions, a 4th store joins and PD
 //! gives it a fair share of regions (within 20 % of the mean) and leaders;
-//! then `pd-ctl store delete` drains one store to Tombstone. The client
+//! then `pd-ctl store delete` drains one store to Tombstone, leaving every
+//! region with three voters (no learner stranded by a split). The client
 //! sees no error and every acknowledged write reads back.
 
 use std::collections::{BTreeMap, HashMap};
@@ -15,7 +16,7 @@ use concord_common::pd_client::PdClient;
 use concord_integration::process::{bin_dir, free_port, Proc, StoreProc};
 use concord_pd::grpc_client::GrpcPdClient;
 use concord_proto::kvrpcpb::KvPair;
-use concord_proto::metapb::StoreState;
+use concord_proto::metapb::{PeerRole, StoreState};
 use concord_proto::routerpb::raw_kv_client::RawKvClient;
 use concord_proto::routerpb::{BatchGetRequest, BatchPutRequest, GetRequest, PutRequest};
 use tonic::transport::{Channel, Endpoint};
@@ -338,7 +339,7 @@ async fn scale_out_to_four_stores_then_drain_one_to_tombstone_under_load() {
     let victim = store_id_of(&pd, &stores[1].addr).await.expect("store 2 id");
     pd_ctl(&pd_http, &["store", "delete", &victim.to_string()]);
     wait_for(
-        "store 2 to drain to Tombstone",
+        "store 2 to drain to Tombstone, every region with 3 voters",
         Duration::from_secs(900),
         || {
             let pd = &pd;
@@ -352,9 +353,22 @@ async fn scale_out_to_four_stores_then_drain_one_to_tombstone_under_load() {
                     .into_iter()
                     .find(|s| s.id == victim)
                     .map(|s| s.state());
-                (state == Some(StoreState::Tombstone) && left.0 == 0)
+                let not_three_voters = pd
+                    .scan_regions(b"", b"", 0)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .iter()
+                    .filter(|r| {
+                        let peers = &r.region.peers;
+                        peers.len() != 3 || peers.iter().any(|p| p.role() != PeerRole::Voter)
+                    })
+                    .count();
+                (state == Some(StoreState::Tombstone) && left.0 == 0 && not_three_voters == 0)
                     .then_some(())
-                    .ok_or(format!("state {state:?}, {} replicas left", left.0))
+                    .ok_or(format!(
+                        "state {state:?}, {} replicas left, {not_three_voters} regions without exactly 3 voters",
+                        left.0
+                    ))
             }
         },
         &load,

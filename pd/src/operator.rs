@@ -52,6 +52,10 @@ fn version(region: &metapb::Region) -> u64 {
     region.region_epoch.map_or(0, |e| e.version)
 }
 
+fn conf_ver(region: &metapb::Region) -> u64 {
+    region.region_epoch.map_or(0, |e| e.conf_ver)
+}
+
 impl OpStep {
     /// Whether the region as reported shows this step done. `start_version`
     /// is the region's version when the operator was created.
@@ -70,6 +74,14 @@ impl OpStep {
                 .is_some_and(|l| l.store_id == *store_id),
             OpStep::Split { .. } => version(region) > start_version,
         }
+    }
+
+    /// Whether this step is a membership change (bumps the conf_ver).
+    fn is_conf_change(&self) -> bool {
+        matches!(
+            self,
+            OpStep::AddLearner { .. } | OpStep::PromoteLearner { .. } | OpStep::RemovePeer { .. }
+        )
     }
 
     /// The stores this step adds load to (for per-store limits).
@@ -158,9 +170,12 @@ pub struct Operator {
     pub kind: OpKind,
     /// The region it changes.
     pub region_id: u64,
-    /// The region's version when created; a split or merge by anyone else
-    /// cancels the operator.
+    /// The region's version when created: a split step is done once the
+    /// version has grown past it.
     pub start_version: u64,
+    /// The region's conf_ver when created: a membership change the
+    /// operator did not make itself cancels it.
+    pub start_conf_ver: u64,
     /// The steps in order.
     pub steps: Vec<OpStep>,
     /// Index of the step in progress.
@@ -180,7 +195,9 @@ pub enum OpProgress {
     Finished,
     /// The timeout passed first.
     TimedOut,
-    /// The region split or merged under the operator.
+    /// The region's membership changed under the operator. A split does
+    /// not cancel it: the region keeps its id and peers, only its range
+    /// shrinks, so moving its replicas still makes sense.
     Cancelled,
 }
 
@@ -198,6 +215,7 @@ impl Operator {
             kind,
             region_id: region.id,
             start_version: version(region),
+            start_conf_ver: conf_ver(region),
             steps,
             current: 0,
             created: Instant::now(),
@@ -219,7 +237,11 @@ impl Operator {
         if now.duration_since(self.created) > self.timeout {
             return OpProgress::TimedOut;
         }
-        if version(&entry.region) != self.start_version {
+        let own_changes = self.steps[..self.current]
+            .iter()
+            .filter(|s| s.is_conf_change())
+            .count() as u64;
+        if conf_ver(&entry.region) > self.start_conf_ver + own_changes {
             return OpProgress::Cancelled;
         }
         OpProgress::Running(Box::new(step.to_response(entry)))
@@ -250,7 +272,9 @@ mod tests {
         }
     }
 
-    fn entry(peers: Vec<metapb::Peer>, leader_store: u64, version: u64) -> RegionEntry {
+    /// A region with id 9 as its leader on `leader_store` reports it, with
+    /// its epoch as `(conf_ver, version)`.
+    fn entry(peers: Vec<metapb::Peer>, leader_store: u64, epoch: (u64, u64)) -> RegionEntry {
         let leader = peers.iter().find(|p| p.store_id == leader_store).cloned();
         RegionEntry {
             region: metapb::Region {
@@ -258,8 +282,8 @@ mod tests {
                 start_key: vec![],
                 end_key: vec![],
                 region_epoch: Some(metapb::RegionEpoch {
-                    conf_ver: peers.len() as u64,
-                    version,
+                    conf_ver: epoch.0,
+                    version: epoch.1,
                 }),
                 peers,
             },
@@ -271,7 +295,7 @@ mod tests {
     #[test]
     fn move_peer_walks_through_its_steps() {
         use metapb::PeerRole::{Learner, Voter};
-        let start = entry(vec![peer(1, 1, Voter), peer(2, 2, Voter)], 1, 1);
+        let start = entry(vec![peer(1, 1, Voter), peer(2, 2, Voter)], 1, (2, 1));
         let mut op = Operator::new(
             "move",
             OpKind::Region,
@@ -299,10 +323,11 @@ mod tests {
         assert_eq!(change.peer.unwrap().store_id, 3);
         assert_eq!(step.target_peer.unwrap().store_id, 1);
 
+        // The region splits while the learner catches up: the move goes on.
         let learner = entry(
             vec![peer(1, 1, Voter), peer(2, 2, Voter), peer(7, 3, Learner)],
             1,
-            1,
+            (3, 2),
         );
         let OpProgress::Running(step) = op.check(&learner, now) else {
             panic!("expected a step")
@@ -315,7 +340,7 @@ mod tests {
         let voters = entry(
             vec![peer(1, 1, Voter), peer(2, 2, Voter), peer(7, 3, Voter)],
             1,
-            1,
+            (4, 2),
         );
         let OpProgress::Running(step) = op.check(&voters, now) else {
             panic!("expected a step")
@@ -326,7 +351,7 @@ mod tests {
         let moved = entry(
             vec![peer(1, 1, Voter), peer(2, 2, Voter), peer(7, 3, Voter)],
             2,
-            1,
+            (4, 2),
         );
         let OpProgress::Running(step) = op.check(&moved, now) else {
             panic!("expected a step")
@@ -335,14 +360,44 @@ mod tests {
         assert_eq!(change.change_type(), pdpb::ConfChangeType::RemoveNode);
         assert_eq!(change.peer.unwrap().id, 1);
 
-        let done = entry(vec![peer(2, 2, Voter), peer(7, 3, Voter)], 2, 1);
+        let done = entry(vec![peer(2, 2, Voter), peer(7, 3, Voter)], 2, (5, 2));
         assert_eq!(op.check(&done, now), OpProgress::Finished);
+    }
+
+    #[test]
+    fn a_membership_change_by_someone_else_cancels_the_operator() {
+        use metapb::PeerRole::{Learner, Voter};
+        let start = entry(vec![peer(1, 1, Voter), peer(2, 2, Voter)], 1, (2, 1));
+        let mut op = Operator::new(
+            "add",
+            OpKind::Region,
+            &start.region,
+            vec![
+                OpStep::AddLearner {
+                    store_id: 3,
+                    peer_id: 7,
+                },
+                OpStep::PromoteLearner {
+                    store_id: 3,
+                    peer_id: 7,
+                },
+            ],
+            Duration::from_secs(60),
+        );
+        // Someone else put a different peer on store 3: step one can never
+        // be done, and the operator must not wait for its timeout.
+        let other = entry(
+            vec![peer(1, 1, Voter), peer(2, 2, Voter), peer(8, 3, Learner)],
+            1,
+            (3, 1),
+        );
+        assert_eq!(op.check(&other, op.created), OpProgress::Cancelled);
     }
 
     #[test]
     fn timeout_and_split_under_operator() {
         use metapb::PeerRole::Voter;
-        let start = entry(vec![peer(1, 1, Voter), peer(2, 2, Voter)], 1, 1);
+        let start = entry(vec![peer(1, 1, Voter), peer(2, 2, Voter)], 1, (2, 1));
         let mut op = Operator::new(
             "leader",
             OpKind::Leader,
@@ -352,8 +407,11 @@ mod tests {
         );
         let later = op.created + Duration::from_secs(11);
         assert_eq!(op.check(&start, later), OpProgress::TimedOut);
-        let split = entry(vec![peer(1, 1, Voter), peer(2, 2, Voter)], 1, 2);
-        assert_eq!(op.check(&split, op.created), OpProgress::Cancelled);
+        let split = entry(vec![peer(1, 1, Voter), peer(2, 2, Voter)], 1, (2, 2));
+        assert!(matches!(
+            op.check(&split, op.created),
+            OpProgress::Running(_)
+        ));
 
         let mut split_op = Operator::new(
             "split",

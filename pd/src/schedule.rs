@@ -4,7 +4,8 @@
 //! - The replica checker restores each region to `max_replicas` healthy
 //!   voters: peers on Down, Offline or Tombstone stores (or reported down by
 //!   the leader for longer than `max-store-down-time`) are replaced, missing
-//!   replicas are added and extras removed.
+//!   replicas are added and extras removed; a learner no operator is
+//!   promoting is promoted if the region lacks voters, else removed.
 //! - balance-region moves replicas from the store with the most regions to
 //!   the one with the fewest, until they differ by at most one.
 //! - balance-leader moves leadership the same way.
@@ -366,9 +367,54 @@ impl<'a> Round<'a> {
         store_bad || reported_down
     }
 
+    /// A learner with no operator left to promote it (one that was cancelled
+    /// or timed out, or one a split copied into a new region): promote it
+    /// when the region lacks healthy voters and its store is Up, otherwise
+    /// remove it. True when an operator was pushed.
+    fn check_learner(&mut self, entry: &RegionEntry) -> bool {
+        let region = &entry.region;
+        let Some(learner) = region
+            .peers
+            .iter()
+            .find(|p| p.role() == metapb::PeerRole::Learner)
+        else {
+            return false;
+        };
+        let healthy_voters = region
+            .peers
+            .iter()
+            .filter(|p| p.role() == metapb::PeerRole::Voter && !self.is_bad_peer(entry, p))
+            .count();
+        let (desc, step) =
+            if healthy_voters < self.config.max_replicas && !self.is_bad_peer(entry, learner) {
+                let step = OpStep::PromoteLearner {
+                    store_id: learner.store_id,
+                    peer_id: learner.id,
+                };
+                ("promote-orphan-learner", step)
+            } else {
+                let step = OpStep::RemovePeer {
+                    store_id: learner.store_id,
+                };
+                ("remove-orphan-learner", step)
+            };
+        let op = Operator::new(
+            desc,
+            OpKind::Region,
+            region,
+            vec![step],
+            self.config.region_op_timeout,
+        );
+        self.push(op, Self::leader_store(entry));
+        true
+    }
+
     /// The replica checker for one region.
     fn check_replicas(&mut self, entry: &RegionEntry, ids: &mut dyn IdSource) {
         if self.busy_regions.contains(&entry.region.id) || entry.leader.is_none() {
+            return;
+        }
+        if self.check_learner(entry) {
             return;
         }
         let region = &entry.region;
@@ -991,6 +1037,63 @@ mod tests {
         run_to_quiet(&config, &mut snapshot);
         for entry in &snapshot.regions {
             assert_eq!(entry.region.peers.len(), 3, "region {}", entry.region.id);
+        }
+    }
+
+    #[test]
+    fn a_learner_left_without_an_operator_is_promoted_or_removed() {
+        let config = ScheduleConfig {
+            balance_region: false,
+            balance_leader: false,
+            ..ScheduleConfig::default()
+        };
+        // Region 1 lost a voter to an Offline store while a learner was
+        // being added; region 2 has all its voters and a stray learner.
+        let mut entries = regions(1, &[1, 2, 3]);
+        entries.extend(regions(2, &[1, 2, 4]).into_iter().skip(1));
+        for (entry, (peer_id, store_id)) in entries.iter_mut().zip([(900, 4), (901, 5)]) {
+            entry.region.peers.push(metapb::Peer {
+                id: peer_id,
+                store_id,
+                role: metapb::PeerRole::Learner as i32,
+            });
+        }
+        let mut stores: Vec<StoreView> = (1..=5)
+            .map(|id| store(id, StoreStatus::Up, &format!("z{id}")))
+            .collect();
+        stores[2].status = StoreStatus::Offline;
+        let mut snapshot = Snapshot {
+            stores,
+            regions: entries,
+            operators: vec![],
+        };
+        let ops = schedule(&config, &snapshot, &mut counter());
+        let steps: HashMap<u64, Vec<OpStep>> =
+            ops.iter().map(|o| (o.region_id, o.steps.clone())).collect();
+        assert_eq!(
+            steps[&1],
+            vec![OpStep::PromoteLearner {
+                store_id: 4,
+                peer_id: 900
+            }]
+        );
+        assert_eq!(steps[&2], vec![OpStep::RemovePeer { store_id: 5 }]);
+
+        // Played out, every region ends with three voters off the Offline store.
+        run_to_quiet(&config, &mut snapshot);
+        for entry in &snapshot.regions {
+            let stores: BTreeSet<u64> = peer_store_ids(&entry.region).into_iter().collect();
+            assert_eq!(
+                stores,
+                BTreeSet::from([1, 2, 4]),
+                "region {}",
+                entry.region.id
+            );
+            assert!(entry
+                .region
+                .peers
+                .iter()
+                .all(|p| p.role() == metapb::PeerRole::Voter));
         }
     }
 
