@@ -23,6 +23,9 @@ use crate::schedule::{self, ScheduleConfig, Snapshot, StoreView};
 use crate::storage::{MetaBatch, MetaStorage};
 use crate::tso::TsoOracle;
 
+/// Where a store's operator steps are pushed: its region heartbeat stream.
+pub type StepSender = tokio::sync::mpsc::UnboundedSender<pdpb::RegionHeartbeatResponse>;
+
 /// A store's metadata and its last reported load.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoreInfo {
@@ -162,6 +165,10 @@ pub struct Cluster {
     /// Started when this member takes over as leader.
     tso: Mutex<Option<TsoOracle>>,
     operators: Mutex<HashMap<u64, Operator>>,
+    /// Per store, the region heartbeat stream it last used: a new
+    /// operator's first step is pushed there at once, so a region that
+    /// hibernates (and heartbeats rarely) starts it without delay.
+    step_streams: Mutex<HashMap<u64, StepSender>>,
     schedule: RwLock<ScheduleConfig>,
     metrics: Metrics,
     started_at: SystemTime,
@@ -288,6 +295,7 @@ impl Cluster {
             ids: Mutex::new(ids),
             tso: Mutex::new(None),
             operators: Mutex::new(HashMap::new()),
+            step_streams: Mutex::new(HashMap::new()),
             schedule: RwLock::new(schedule),
             metrics: Metrics::default(),
             started_at: now,
@@ -655,13 +663,15 @@ impl Cluster {
             return Ok(None);
         }
         let region_id = hb.region.as_ref().map_or(0, |r| r.id);
-        let Some(entry) = self.get_region_by_id(region_id) else {
-            return Ok(None);
-        };
+        Ok(self.operator_step(region_id))
+    }
+
+    /// The step the leader of `region_id` should take for its operator, if
+    /// one runs; ends the operator when it is done, timed out or cancelled.
+    fn operator_step(&self, region_id: u64) -> Option<pdpb::RegionHeartbeatResponse> {
+        let entry = self.get_region_by_id(region_id)?;
         let mut operators = self.operators.lock();
-        let Some(op) = operators.get_mut(&region_id) else {
-            return Ok(None);
-        };
+        let op = operators.get_mut(&region_id)?;
         match op.check(&entry, Instant::now()) {
             OpProgress::Running(step) => {
                 let mut step = *step;
@@ -670,13 +680,41 @@ impl Cluster {
                     error: None,
                     leader: None,
                 });
-                Ok(Some(step))
+                Some(step)
             }
             progress => {
                 tracing::info!(region_id, desc = %op.desc, ?progress, "operator ended");
                 operators.remove(&region_id);
-                Ok(None)
+                None
             }
+        }
+    }
+
+    /// Records the stream on which `store_id` sends region heartbeats, for
+    /// pushing operator steps to it.
+    pub fn register_step_stream(&self, store_id: u64, stream: StepSender) {
+        self.step_streams.lock().insert(store_id, stream);
+    }
+
+    /// Sends the current step of `region_id`'s operator to its leader's
+    /// store now instead of on the region's next heartbeat.
+    fn push_step(&self, region_id: u64) {
+        let Some(store_id) = self
+            .get_region_by_id(region_id)
+            .and_then(|e| e.leader)
+            .map(|l| l.store_id)
+        else {
+            return;
+        };
+        let Some(step) = self.operator_step(region_id) else {
+            return;
+        };
+        let mut streams = self.step_streams.lock();
+        if streams
+            .get(&store_id)
+            .is_some_and(|s| s.send(step).is_err())
+        {
+            streams.remove(&store_id);
         }
     }
 
@@ -696,7 +734,10 @@ impl Cluster {
                 op.region_id
             )));
         }
-        operators.insert(op.region_id, op);
+        let region_id = op.region_id;
+        operators.insert(region_id, op);
+        drop(operators);
+        self.push_step(region_id);
         Ok(())
     }
 
@@ -1359,6 +1400,29 @@ mod tests {
         drop(cluster);
         let cluster = Cluster::open(&config(dir.path())).unwrap();
         assert_eq!(cluster.get_region_by_id(2).unwrap().region, newer);
+    }
+
+    #[test]
+    fn a_new_operator_is_pushed_to_the_leaders_heartbeat_stream_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = bootstrapped(dir.path());
+        cluster.put_store(store(2)).unwrap();
+        let two = region(2, "", "", 1, 2, vec![peer(3, 1), peer(10, 2)]);
+        cluster.region_heartbeat(&heartbeat(two)).unwrap();
+        let (tx, mut steps) = tokio::sync::mpsc::unbounded_channel();
+        cluster.register_step_stream(1, tx);
+        assert!(steps.try_recv().is_err());
+
+        // No heartbeat in between: the first step is already on its way.
+        cluster
+            .admin_operator(AdminOp::TransferLeader {
+                region_id: 2,
+                store_id: 2,
+            })
+            .unwrap();
+        let step = steps.try_recv().expect("the step was pushed");
+        assert_eq!(step.region_id, 2);
+        assert_eq!(step.transfer_leader.unwrap().peer, Some(peer(10, 2)));
     }
 
     #[test]

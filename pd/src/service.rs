@@ -298,9 +298,18 @@ impl Pd for PdService {
         let service = self.clone();
         let mut shutdown = self.shutdown.clone();
         tokio::spawn(async move {
+            // Steps of new operators, pushed without waiting for a heartbeat.
+            let (push_tx, mut pushed) = mpsc::unbounded_channel();
+            let mut store_id = None;
             loop {
                 let req = tokio::select! {
                     msg = inbound.message() => msg,
+                    Some(step) = pushed.recv() => {
+                        if tx.send(Ok(step)).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
                     _ = shutdown.changed() => break,
                 };
                 let req = match req {
@@ -311,6 +320,12 @@ impl Pd for PdService {
                         break;
                     }
                 };
+                if let Some(id) = req.leader.map(|l| l.store_id) {
+                    if store_id != Some(id) {
+                        store_id = Some(id);
+                        service.cluster.register_step_stream(id, push_tx.clone());
+                    }
+                }
                 let header = req.header;
                 let result = service
                     .run(&header, move |c| c.region_heartbeat_with_operator(&req))

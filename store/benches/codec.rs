@@ -118,6 +118,7 @@ fn append_message() -> RaftMessage {
         end_key: b"z".to_vec(),
         message: m.write_to_bytes().expect("raft messages encode"),
         is_tombstone: false,
+        hibernate: false,
     }
 }
 

@@ -45,6 +45,8 @@ pub struct RaftStoreSection {
     pub raft_log_gc_threshold: u64,
     /// Largest accepted value in bytes.
     pub max_value_size: usize,
+    /// Let idle regions stop ticking (no raft heartbeats) until used.
+    pub hibernate_regions: bool,
 }
 
 impl Default for RaftStoreSection {
@@ -66,6 +68,7 @@ impl From<&RaftStoreConfig> for RaftStoreSection {
             split_check_diff: c.split_check_diff,
             raft_log_gc_threshold: c.raft_log_gc_threshold,
             max_value_size: c.max_value_size,
+            hibernate_regions: c.hibernate_regions,
         }
     }
 }
@@ -84,6 +87,7 @@ impl RaftStoreSection {
             split_check_diff: self.split_check_diff,
             raft_log_gc_threshold: self.raft_log_gc_threshold,
             max_value_size: self.max_value_size,
+            hibernate_regions: self.hibernate_regions,
             ..RaftStoreConfig::default()
         }
     }
@@ -312,7 +316,7 @@ fn metrics_text(s: &StoreServices) -> String {
         )
     };
     let stats = &s.stats;
-    let metrics: [(&str, &str, &str, String); 8] = [
+    let metrics: [(&str, &str, &str, String); 9] = [
         (
             "regions",
             "gauge",
@@ -324,6 +328,12 @@ fn metrics_text(s: &StoreServices) -> String {
             "gauge",
             "Regions this store leads.",
             leaders.to_string(),
+        ),
+        (
+            "hibernating_regions",
+            "gauge",
+            "Regions whose peer here sleeps (idle, not ticking).",
+            s.router.hibernating().to_string(),
         ),
         (
             "pending_proposals",

@@ -736,3 +736,63 @@ fn a_leader_lease_serves_reads_but_never_past_a_newer_leaders_write() {
     assert_eq!(cluster.must_get(b"k"), Some(b"after".to_vec()));
     cluster.shutdown();
 }
+
+#[test]
+fn idle_regions_hibernate_wake_on_use_and_followers_outlive_a_dead_sleeping_leader() {
+    use std::sync::atomic::Ordering;
+
+    let cfg = RaftStoreConfig {
+        sleep_tick_ticks: 10,
+        ..test_config()
+    };
+    let sleep_tick = cfg.tick_interval * cfg.sleep_tick_ticks as u32;
+    let mut cluster = Cluster::new(3, &[1, 2, 3], cfg);
+    let all_asleep = |cluster: &Cluster| {
+        cluster
+            .store_ids()
+            .iter()
+            .all(|s| cluster.services(*s).router.hibernating() == 1)
+    };
+    cluster.wait_leader(FIRST_REGION);
+    cluster.must_put(b"k", b"v1");
+    assert!(
+        wait_for(WAIT, || all_asleep(&cluster)),
+        "the region never slept"
+    );
+
+    // Asleep, the region sends only the leader's notices, one per follower
+    // per sleep tick; awake it would heartbeat every other tick.
+    let sent = cluster.transport.sent.load(Ordering::Relaxed);
+    std::thread::sleep(sleep_tick * 5);
+    let while_asleep = cluster.transport.sent.load(Ordering::Relaxed) - sent;
+    assert!(
+        while_asleep <= 2 * 6,
+        "{while_asleep} raft messages in 5 sleep ticks"
+    );
+
+    // A write and a read wake it and are served; then it sleeps again.
+    let leader = cluster.leader_of(FIRST_REGION).unwrap();
+    cluster.must_put(b"k", b"v2");
+    assert_eq!(cluster.must_get(b"k"), Some(b"v2".to_vec()));
+    assert!(
+        wait_for(WAIT, || all_asleep(&cluster)),
+        "the region never slept again"
+    );
+    assert_eq!(
+        cluster.leader_of(FIRST_REGION),
+        Some(leader),
+        "waking moved leadership"
+    );
+
+    // The sleeping leader dies. Nobody asks the followers anything: they
+    // notice the missing notices, wake, and elect a leader on their own.
+    cluster.stop_store(leader);
+    assert!(
+        wait_for(WAIT, || cluster
+            .leader_of(FIRST_REGION)
+            .is_some_and(|l| l != leader)),
+        "the followers of a dead sleeping leader never elected another"
+    );
+    assert_eq!(cluster.must_get(b"k"), Some(b"v2".to_vec()));
+    cluster.shutdown();
+}

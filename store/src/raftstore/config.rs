@@ -44,7 +44,21 @@ pub struct RaftStoreConfig {
     pub snapshot_chunk_size: usize,
     /// Messages buffered per destination store before new ones are dropped.
     pub transport_queue_size: usize,
+    /// Whether idle regions hibernate: a leader whose log every follower
+    /// holds stops ticking after `hibernate_idle_ticks`, tells its
+    /// followers, and they stop too until anything happens in the region.
+    pub hibernate_regions: bool,
+    /// Idle ticks before a leader hibernates.
+    pub hibernate_idle_ticks: u64,
+    /// Ticks between two ticks of a hibernating peer. On each, its leader
+    /// repeats the hibernate notice; a follower that missed
+    /// [`MISSED_NOTICES_BEFORE_WAKING`] of them wakes up, and so campaigns
+    /// if the leader is gone. Every second one also heartbeats PD.
+    pub sleep_tick_ticks: u64,
 }
+
+/// Hibernate notices a sleeping follower may miss before it wakes up.
+pub const MISSED_NOTICES_BEFORE_WAKING: u64 = 2;
 
 impl RaftStoreConfig {
     /// How long after a leader sent a message that a quorum acknowledged it
@@ -78,6 +92,9 @@ impl Default for RaftStoreConfig {
             raft_log_gc_max_lag: 10_240,
             housekeeping_ticks: 10,
             snapshot_chunk_size: 1 << 20,
+            hibernate_regions: true,
+            hibernate_idle_ticks: 20,
+            sleep_tick_ticks: 50,
             transport_queue_size: 4096,
         }
     }

@@ -188,8 +188,10 @@ pub enum PeerMsg {
         /// Its completion.
         callback: ReadCallback,
     },
-    /// A tick of the store clock.
+    /// A tick of the store clock (awake peers only).
     Tick,
+    /// The slower tick of hibernating peers, every `sleep_tick_ticks`.
+    SleepTick,
     /// Progress from the apply worker.
     Applied(ApplyResult),
     /// Hand leadership to `peer` (from PD or an operator).
@@ -210,6 +212,7 @@ impl std::fmt::Debug for PeerMsg {
             PeerMsg::Command { request, .. } => write!(f, "Command({:?})", request.header),
             PeerMsg::Read { header, .. } => write!(f, "Read({header:?})"),
             PeerMsg::Tick => write!(f, "Tick"),
+            PeerMsg::SleepTick => write!(f, "SleepTick"),
             PeerMsg::Applied(r) => write!(f, "Applied({:?})", r.apply_state),
             PeerMsg::TransferLeader(p) => write!(f, "TransferLeader({p:?})"),
             PeerMsg::SnapshotStatus {

@@ -24,6 +24,7 @@ use raft::{RawNode, Ready, SnapshotStatus, StateRole, Storage as _};
 use tracing::{debug, info, warn};
 
 use super::apply::ApplyTask;
+use super::config::MISSED_NOTICES_BEFORE_WAKING;
 use super::context::{PdTask, PollContext, StoreServices};
 use super::msg::{
     ApplyResult, Callback, CmdError, ExecResult, KeyRange, PeerMsg, ReadCallback, ReadResponse,
@@ -70,6 +71,13 @@ pub struct Peer {
     split_siblings: Vec<u64>,
     ready: Option<(Ready, Vec<eraftpb::Entry>, bool)>,
     destroyed: bool,
+    /// Hibernating: raft is not ticked (see [`Peer::is_asleep`]).
+    asleep: bool,
+    /// Consecutive ticks this leader found its region idle.
+    idle_ticks: u64,
+    /// Sleep ticks seen, and at which of them the leader's notice last came.
+    sleep_ticks: u64,
+    last_notice: u64,
 }
 
 impl Peer {
@@ -116,6 +124,10 @@ impl Peer {
             split_siblings: Vec::new(),
             ready: None,
             destroyed: false,
+            asleep: false,
+            idle_ticks: 0,
+            sleep_ticks: 0,
+            last_notice: 0,
         };
         peer.refresh_peer_cache();
         Ok(peer)
@@ -153,10 +165,30 @@ impl Peer {
         self.peer_cache.get(&self.raft.raft.leader_id).cloned()
     }
 
+    /// Whether this peer hibernates: its region has been idle with every
+    /// replica holding the whole log, so raft is not ticked (no heartbeats,
+    /// no election timeouts) until something happens in the region. The
+    /// store clock then sends it only sleep ticks.
+    pub fn is_asleep(&self) -> bool {
+        self.asleep
+    }
+
     /// Handles one message.
     pub fn handle(&mut self, ctx: &mut PollContext, msg: PeerMsg) {
         if self.destroyed {
             return;
+        }
+        match &msg {
+            PeerMsg::Tick if self.asleep => return,
+            PeerMsg::SleepTick => {
+                if self.asleep {
+                    self.on_sleep_tick(ctx);
+                }
+                return;
+            }
+            // Raft messages wake the peer unless they are only liveness.
+            PeerMsg::Raft(_) | PeerMsg::Tick => {}
+            _ => self.wake(),
         }
         match msg {
             PeerMsg::Raft(m) => self.on_raft_message(ctx, m),
@@ -167,6 +199,7 @@ impl Peer {
                 callback,
             } => self.on_read(ctx, header, ranges, callback),
             PeerMsg::Tick => self.on_tick(ctx),
+            PeerMsg::SleepTick => {}
             PeerMsg::Applied(result) => self.on_applied(ctx, result),
             PeerMsg::TransferLeader(to) => {
                 if self.is_leader() && to.id != self.meta.id {
@@ -222,6 +255,19 @@ impl Peer {
                 return;
             }
         };
+        if m.hibernate {
+            self.on_hibernate_notice(&msg);
+            return;
+        }
+        // Heartbeats and their answers without a read index change nothing
+        // a sleeping region cares about; anything else wakes it.
+        let liveness_only = matches!(
+            msg.get_msg_type(),
+            MessageType::MsgHeartbeat | MessageType::MsgHeartbeatResponse
+        ) && msg.context.is_empty();
+        if !liveness_only {
+            self.wake();
+        }
         if msg.get_msg_type() == MessageType::MsgSnapshot && !self.accept_snapshot(ctx, &msg) {
             return;
         }
@@ -443,6 +489,102 @@ impl Peer {
         self.ticks += 1;
         if self.ticks.is_multiple_of(ctx.cfg.housekeeping_ticks) && self.is_leader() {
             self.housekeeping(ctx);
+        }
+        self.maybe_hibernate(ctx);
+    }
+
+    /// Whether this leader's region has nothing in flight: every replica
+    /// holds and has committed the whole log, everything is applied, and no
+    /// request, read or leadership transfer waits.
+    fn is_idle(&self) -> bool {
+        let raft = &self.raft.raft;
+        let last = raft.raft_log.last_index();
+        self.is_leader()
+            && self.proposals.is_empty()
+            && self.reads.is_empty()
+            && self.read_rounds.is_empty()
+            && self.unsent_read_batch.is_none()
+            && raft.lead_transferee.is_none()
+            && raft.raft_log.committed == last
+            && self.raft.store().applied_index() == last
+            && raft.prs().iter().all(|(_, pr)| pr.matched == last)
+    }
+
+    /// Puts a leader idle for `hibernate_idle_ticks` to sleep and tells
+    /// its followers.
+    fn maybe_hibernate(&mut self, ctx: &mut PollContext) {
+        if !ctx.cfg.hibernate_regions || !self.is_idle() {
+            self.idle_ticks = 0;
+            return;
+        }
+        self.idle_ticks += 1;
+        if self.idle_ticks >= ctx.cfg.hibernate_idle_ticks {
+            debug!(region_id = self.region_id, "hibernating");
+            self.asleep = true;
+            self.send_hibernate_notices(ctx);
+        }
+    }
+
+    /// A hibernating leader's notice: sleep too if it comes from the leader
+    /// this follower knows, in its term, and nothing of the log is missing.
+    fn on_hibernate_notice(&mut self, notice: &eraftpb::Message) {
+        let raft = &self.raft.raft;
+        let in_step = !self.is_leader()
+            && notice.from == raft.leader_id
+            && notice.term == raft.term
+            && raft.raft_log.last_index() == notice.commit
+            && raft.raft_log.committed == notice.commit;
+        if in_step {
+            self.asleep = true;
+            self.last_notice = self.sleep_ticks;
+        }
+    }
+
+    /// A tick of a hibernating peer: the leader repeats its notice (and
+    /// heartbeats PD every second time); a follower that stopped hearing
+    /// the notices wakes up, so that it campaigns if the leader is gone.
+    fn on_sleep_tick(&mut self, ctx: &mut PollContext) {
+        self.sleep_ticks += 1;
+        if self.is_leader() {
+            self.send_hibernate_notices(ctx);
+            if self.sleep_ticks.is_multiple_of(2) {
+                self.heartbeat_pd(ctx);
+            }
+        } else if self.sleep_ticks - self.last_notice > MISSED_NOTICES_BEFORE_WAKING {
+            info!(
+                region_id = self.region_id,
+                "no word from the hibernating leader; waking up"
+            );
+            self.wake();
+        }
+    }
+
+    fn send_hibernate_notices(&self, ctx: &mut PollContext) {
+        let raft = &self.raft.raft;
+        for peer in self.region().peers.iter().filter(|p| p.id != self.meta.id) {
+            let mut notice = eraftpb::Message::default();
+            notice.set_msg_type(MessageType::MsgHeartbeat);
+            notice.from = self.meta.id;
+            notice.to = peer.id;
+            notice.term = raft.term;
+            notice.commit = raft.raft_log.last_index();
+            ctx.send(self.raft_message(*peer, &notice, true));
+        }
+    }
+
+    /// Ends hibernation. Raft's clocks stood still meanwhile: a leader
+    /// restarts its quorum check and heartbeats its followers at once, so
+    /// that it does not step down before they could answer. (Heartbeats do
+    /// not wake sleeping followers; its next append or read round does.)
+    fn wake(&mut self) {
+        if !self.asleep {
+            return;
+        }
+        self.asleep = false;
+        self.idle_ticks = 0;
+        if self.is_leader() {
+            self.raft.raft.election_elapsed = 0;
+            self.raft.ping();
         }
     }
 
@@ -691,6 +833,10 @@ impl Peer {
     /// snapshot to the round's write batch. Messages that may leave before
     /// the write are queued for sending after it too.
     pub fn collect_ready(&mut self, ctx: &mut PollContext) {
+        if self.asleep && self.is_leader() && !self.is_idle() {
+            // A follower turned out to lack entries: replicate awake.
+            self.wake();
+        }
         if self.destroyed || !self.raft.has_ready() {
             return;
         }
@@ -870,8 +1016,12 @@ impl Peer {
             );
             return;
         };
+        ctx.send(self.raft_message(to, &m, false));
+    }
+
+    fn raft_message(&self, to: metapb::Peer, m: &eraftpb::Message, hibernate: bool) -> RaftMessage {
         let region = self.region();
-        ctx.send(RaftMessage {
+        RaftMessage {
             region_id: self.region_id,
             from_peer: Some(self.meta),
             to_peer: Some(to),
@@ -880,6 +1030,7 @@ impl Peer {
             end_key: region.end_key.clone(),
             message: m.write_to_bytes().expect("raft messages encode"),
             is_tombstone: false,
-        });
+            hibernate,
+        }
     }
 }

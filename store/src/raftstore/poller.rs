@@ -11,7 +11,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::context::{PollContext, StoreServices};
-use super::msg::PeerMsg;
 use super::router::{ReadyQueue, StoreRouter};
 
 /// Messages taken from one mailbox per round, so that a flood to one region
@@ -58,6 +57,7 @@ fn poll(ctx: &mut PollContext, ready: &ReadyQueue, stop: &AtomicBool) {
             }
             peer.flush_reads();
             peer.collect_ready(ctx);
+            mailbox.set_asleep(peer.is_asleep());
             peers.push(peer);
         }
         ctx.write_round();
@@ -72,18 +72,22 @@ fn poll(ctx: &mut PollContext, ready: &ReadyQueue, stop: &AtomicBool) {
     }
 }
 
-/// Starts the store clock: every `interval` it ticks every peer.
+/// Starts the store clock: every `interval` it ticks every awake peer, and
+/// every `sleep_every` intervals the hibernating ones.
 pub fn start_ticker(
     router: StoreRouter,
     interval: Duration,
+    sleep_every: u64,
     stop: Arc<AtomicBool>,
 ) -> JoinHandle<()> {
     std::thread::Builder::new()
         .name("store-clock".into())
         .spawn(move || {
+            let mut ticks = 0u64;
             while !stop.load(Ordering::Acquire) {
                 std::thread::sleep(interval);
-                router.broadcast(|| PeerMsg::Tick);
+                ticks += 1;
+                router.tick(ticks.is_multiple_of(sleep_every.max(1)));
             }
         })
         .expect("spawn store clock")

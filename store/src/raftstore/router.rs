@@ -21,6 +21,9 @@ pub struct Mailbox {
     rx: Receiver<PeerMsg>,
     scheduled: AtomicBool,
     closed: AtomicBool,
+    /// The peer hibernates (set by the poller after running it): the store
+    /// clock sends it only sleep ticks.
+    asleep: AtomicBool,
     /// The peer; locked by the poller that runs it.
     pub peer: Mutex<Peer>,
 }
@@ -39,6 +42,15 @@ impl Mailbox {
     /// Whether the peer was destroyed.
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// Records whether the peer hibernates, for the store clock.
+    pub fn set_asleep(&self, asleep: bool) {
+        self.asleep.store(asleep, Ordering::Release);
+    }
+
+    fn is_asleep(&self) -> bool {
+        self.asleep.load(Ordering::Acquire)
     }
 }
 
@@ -72,6 +84,7 @@ impl StoreRouter {
             rx,
             scheduled: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            asleep: AtomicBool::new(false),
             peer: Mutex::new(peer),
         });
         self.mailboxes.insert(mailbox.region_id, mailbox.clone());
@@ -115,12 +128,23 @@ impl StoreRouter {
         Ok(())
     }
 
-    /// Sends `msg` to every peer on the store.
-    pub fn broadcast(&self, msg: impl Fn() -> PeerMsg) {
+    /// One tick of the store clock: a `Tick` to every awake peer and, when
+    /// `sleep_tick`, a `SleepTick` to every hibernating one.
+    pub fn tick(&self, sleep_tick: bool) {
         for entry in self.mailboxes.iter() {
-            let _ = entry.tx.send(msg());
+            let msg = match (entry.is_asleep(), sleep_tick) {
+                (false, _) => PeerMsg::Tick,
+                (true, true) => PeerMsg::SleepTick,
+                (true, false) => continue,
+            };
+            let _ = entry.tx.send(msg);
             self.schedule(entry.value());
         }
+    }
+
+    /// How many peers hibernate.
+    pub fn hibernating(&self) -> usize {
+        self.mailboxes.iter().filter(|m| m.is_asleep()).count()
     }
 
     fn schedule(&self, mailbox: &Arc<Mailbox>) {

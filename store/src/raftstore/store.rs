@@ -248,6 +248,7 @@ impl Store {
         threads.push(poller::start_ticker(
             router,
             cfg.tick_interval,
+            cfg.sleep_tick_ticks,
             stop.clone(),
         ));
         let pd_worker = tokio::spawn(pd_worker::run(

@@ -62,10 +62,14 @@ impl Filter {
 pub struct TestTransport {
     stores: RwLock<HashMap<u64, StoreServices>>,
     filters: RwLock<Vec<Filter>>,
+    /// Raft messages handed to the transport so far.
+    pub sent: std::sync::atomic::AtomicU64,
 }
 
 impl Transport for TestTransport {
     fn send(&self, store_id: u64, msgs: Vec<RaftMessage>) {
+        self.sent
+            .fetch_add(msgs.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let stores = self.stores.read();
         for msg in msgs {
             let from = msg.from_peer.map_or(0, |p| p.store_id);
