@@ -2,9 +2,10 @@
 //! then raw-put throughput and latency percentiles under concurrent load.
 //!
 //! ```sh
-//! cargo run --release -p concord-store --example inproc_bench -- [REGIONS] [CONCURRENCY] [SECONDS]
+//! cargo run --release -p concord-store --example inproc_bench -- [REGIONS] [CONCURRENCY] [SECONDS] [--no-hibernate]
 //! ```
-//! Defaults: 1000 regions, 64 concurrent writers, 15 s of load, 256-byte values.
+//! Defaults: 1000 regions, 64 concurrent writers, 15 s of load, 256-byte
+//! values, idle regions hibernating.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -26,6 +27,18 @@ fn cpu_seconds() -> f64 {
     t(usage.ru_utime) + t(usage.ru_stime)
 }
 
+/// Resident memory of this process.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
@@ -38,8 +51,12 @@ fn main() {
     let regions = args.first().copied().unwrap_or(1000);
     let concurrency = args.get(1).copied().unwrap_or(64);
     let seconds = args.get(2).copied().unwrap_or(15);
+    let cfg = RaftStoreConfig {
+        hibernate_regions: !std::env::args().any(|a| a == "--no-hibernate"),
+        ..RaftStoreConfig::default()
+    };
 
-    let cluster = Arc::new(Cluster::new(3, &[1, 2, 3], RaftStoreConfig::default()));
+    let cluster = Arc::new(Cluster::new(3, &[1, 2, 3], cfg));
     let leader = cluster.wait_leader(FIRST_REGION);
     let region = cluster.region_on(leader, FIRST_REGION).unwrap();
     let ctx = cluster.context(leader, &region);
@@ -65,14 +82,27 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
 
-    // Idle: nothing but ticks and heartbeats.
+    // Idle: once the regions that will hibernate have, nothing but ticks
+    // (and heartbeats for those awake).
+    let hibernating = || -> u64 {
+        cluster
+            .store_ids()
+            .into_iter()
+            .map(|s| cluster.services(s).router.hibernating() as u64)
+            .sum()
+    };
+    if cluster.cfg.hibernate_regions {
+        wait_for(Duration::from_secs(60), || hibernating() == 3 * regions);
+    }
     std::thread::sleep(Duration::from_secs(3));
     let (cpu0, t0) = (cpu_seconds(), Instant::now());
-    std::thread::sleep(Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(20));
     let idle = (cpu_seconds() - cpu0) / t0.elapsed().as_secs_f64();
     println!(
-        "idle: {:.1}% of one core for 3 stores x {regions} regions",
-        idle * 100.0
+        "idle: {:.1}% of one core for 3 stores x {regions} regions ({} peers hibernating), RSS {} MiB",
+        idle * 100.0,
+        hibernating(),
+        rss_kib() / 1024
     );
 
     // Load: raw puts of 256-byte values on keys spread over every region.

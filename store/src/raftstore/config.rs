@@ -53,12 +53,17 @@ pub struct RaftStoreConfig {
     /// Ticks between two ticks of a hibernating peer. On each, its leader
     /// repeats the hibernate notice; a follower that missed
     /// [`MISSED_NOTICES_BEFORE_WAKING`] of them wakes up, and so campaigns
-    /// if the leader is gone. Every second one also heartbeats PD.
+    /// if the leader is gone.
     pub sleep_tick_ticks: u64,
 }
 
 /// Hibernate notices a sleeping follower may miss before it wakes up.
 pub const MISSED_NOTICES_BEFORE_WAKING: u64 = 2;
+
+/// Sleep ticks between two PD heartbeats of a sleeping leader (a minute by
+/// default): nothing changes in an idle region, and PD pushes the steps of
+/// new operators instead of waiting for a heartbeat.
+pub const SLEEP_TICKS_PER_PD_HEARTBEAT: u64 = 12;
 
 impl RaftStoreConfig {
     /// How long after a leader sent a message that a quorum acknowledged it

@@ -24,7 +24,7 @@ use raft::{RawNode, Ready, SnapshotStatus, StateRole, Storage as _};
 use tracing::{debug, info, warn};
 
 use super::apply::ApplyTask;
-use super::config::MISSED_NOTICES_BEFORE_WAKING;
+use super::config::{MISSED_NOTICES_BEFORE_WAKING, SLEEP_TICKS_PER_PD_HEARTBEAT};
 use super::context::{PdTask, PollContext, StoreServices};
 use super::msg::{
     ApplyResult, Callback, CmdError, ExecResult, KeyRange, PeerMsg, ReadCallback, ReadResponse,
@@ -540,14 +540,17 @@ impl Peer {
         }
     }
 
-    /// A tick of a hibernating peer: the leader repeats its notice (and
-    /// heartbeats PD every second time); a follower that stopped hearing
+    /// A tick of a hibernating peer: the leader repeats its notice (and now
+    /// and then heartbeats PD); a follower that stopped hearing
     /// the notices wakes up, so that it campaigns if the leader is gone.
     fn on_sleep_tick(&mut self, ctx: &mut PollContext) {
         self.sleep_ticks += 1;
         if self.is_leader() {
             self.send_hibernate_notices(ctx);
-            if self.sleep_ticks.is_multiple_of(2) {
+            if self
+                .sleep_ticks
+                .is_multiple_of(SLEEP_TICKS_PER_PD_HEARTBEAT)
+            {
                 self.heartbeat_pd(ctx);
             }
         } else if self.sleep_ticks - self.last_notice > MISSED_NOTICES_BEFORE_WAKING {

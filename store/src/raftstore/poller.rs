@@ -57,7 +57,7 @@ fn poll(ctx: &mut PollContext, ready: &ReadyQueue, stop: &AtomicBool) {
             }
             peer.flush_reads();
             peer.collect_ready(ctx);
-            mailbox.set_asleep(peer.is_asleep());
+            ctx.router.set_asleep(mailbox, peer.is_asleep());
             peers.push(peer);
         }
         ctx.write_round();

@@ -21,8 +21,7 @@ pub struct Mailbox {
     rx: Receiver<PeerMsg>,
     scheduled: AtomicBool,
     closed: AtomicBool,
-    /// The peer hibernates (set by the poller after running it): the store
-    /// clock sends it only sleep ticks.
+    /// The peer hibernates: the store clock sends it only sleep ticks.
     asleep: AtomicBool,
     /// The peer; locked by the poller that runs it.
     pub peer: Mutex<Peer>,
@@ -44,11 +43,6 @@ impl Mailbox {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// Records whether the peer hibernates, for the store clock.
-    pub fn set_asleep(&self, asleep: bool) {
-        self.asleep.store(asleep, Ordering::Release);
-    }
-
     fn is_asleep(&self) -> bool {
         self.asleep.load(Ordering::Acquire)
     }
@@ -58,6 +52,9 @@ impl Mailbox {
 #[derive(Clone)]
 pub struct StoreRouter {
     mailboxes: Arc<DashMap<u64, Arc<Mailbox>>>,
+    /// The mailboxes of peers not hibernating, which the clock ticks every
+    /// interval (walking all of them would cost as much as the ticks).
+    awake: Arc<DashMap<u64, Arc<Mailbox>>>,
     ready_tx: Sender<Arc<Mailbox>>,
 }
 
@@ -70,6 +67,7 @@ impl StoreRouter {
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
         let router = StoreRouter {
             mailboxes: Arc::new(DashMap::new()),
+            awake: Arc::new(DashMap::new()),
             ready_tx,
         };
         (router, ready_rx)
@@ -88,12 +86,14 @@ impl StoreRouter {
             peer: Mutex::new(peer),
         });
         self.mailboxes.insert(mailbox.region_id, mailbox.clone());
+        self.awake.insert(mailbox.region_id, mailbox.clone());
         self.schedule(&mailbox);
         mailbox
     }
 
     /// Removes a destroyed peer; later messages to its region find no mailbox.
     pub fn close(&self, region_id: u64) {
+        self.awake.remove(&region_id);
         if let Some((_, mailbox)) = self.mailboxes.remove(&region_id) {
             mailbox.closed.store(true, Ordering::Release);
         }
@@ -128,23 +128,37 @@ impl StoreRouter {
         Ok(())
     }
 
+    /// Records whether the peer of `mailbox` hibernates (called by the
+    /// poller that just ran it), for the store clock.
+    pub fn set_asleep(&self, mailbox: &Arc<Mailbox>, asleep: bool) {
+        if mailbox.asleep.swap(asleep, Ordering::AcqRel) == asleep || mailbox.is_closed() {
+            return;
+        }
+        if asleep {
+            self.awake.remove(&mailbox.region_id);
+        } else {
+            self.awake.insert(mailbox.region_id, mailbox.clone());
+        }
+    }
+
     /// One tick of the store clock: a `Tick` to every awake peer and, when
     /// `sleep_tick`, a `SleepTick` to every hibernating one.
     pub fn tick(&self, sleep_tick: bool) {
-        for entry in self.mailboxes.iter() {
-            let msg = match (entry.is_asleep(), sleep_tick) {
-                (false, _) => PeerMsg::Tick,
-                (true, true) => PeerMsg::SleepTick,
-                (true, false) => continue,
-            };
-            let _ = entry.tx.send(msg);
+        for entry in self.awake.iter() {
+            let _ = entry.tx.send(PeerMsg::Tick);
             self.schedule(entry.value());
+        }
+        if sleep_tick {
+            for entry in self.mailboxes.iter().filter(|m| m.is_asleep()) {
+                let _ = entry.tx.send(PeerMsg::SleepTick);
+                self.schedule(entry.value());
+            }
         }
     }
 
     /// How many peers hibernate.
     pub fn hibernating(&self) -> usize {
-        self.mailboxes.iter().filter(|m| m.is_asleep()).count()
+        self.mailboxes.len().saturating_sub(self.awake.len())
     }
 
     fn schedule(&self, mailbox: &Arc<Mailbox>) {
