@@ -52,6 +52,8 @@ struct NullTransport;
 
 impl Transport for NullTransport {
     fn send(&self, _store_id: u64, _msgs: Vec<RaftMessage>) {}
+
+    fn send_snapshot(&self, _store_id: u64, _msg: RaftMessage) {}
 }
 
 /// One store with one single-voter region, polled by the caller.

@@ -20,7 +20,7 @@ use concord_proto::raft_serverpb::{Done, RaftMessage, RaftMessageBatch, Snapshot
 use dashmap::DashMap;
 use futures::StreamExt;
 use protobuf::Message as _;
-use raft::eraftpb::{self, MessageType};
+use raft::eraftpb;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
@@ -74,6 +74,14 @@ impl GrpcTransport {
             })
             .clone()
     }
+}
+
+impl Transport for GrpcTransport {
+    fn send(&self, store_id: u64, msgs: Vec<RaftMessage>) {
+        if !msgs.is_empty() && self.queue(store_id).try_send(msgs).is_err() {
+            debug!(store_id, "raft queue full or closed; dropping a batch");
+        }
+    }
 
     fn send_snapshot(&self, store_id: u64, msg: RaftMessage) {
         let pd = self.pd.clone();
@@ -98,23 +106,6 @@ impl GrpcTransport {
                 );
             }
         });
-    }
-}
-
-fn is_snapshot(msg: &RaftMessage) -> bool {
-    eraftpb::Message::parse_from_bytes(&msg.message)
-        .is_ok_and(|m| m.get_msg_type() == MessageType::MsgSnapshot)
-}
-
-impl Transport for GrpcTransport {
-    fn send(&self, store_id: u64, msgs: Vec<RaftMessage>) {
-        let (snapshots, msgs): (Vec<_>, Vec<_>) = msgs.into_iter().partition(is_snapshot);
-        for s in snapshots {
-            self.send_snapshot(store_id, s);
-        }
-        if !msgs.is_empty() && self.queue(store_id).try_send(msgs).is_err() {
-            debug!(store_id, "raft queue full or closed; dropping a batch");
-        }
     }
 }
 

@@ -21,8 +21,13 @@ use crate::engine::{Engine, WriteBatch};
 /// Sends raft messages to other stores. Delivery is best effort: raft
 /// retransmits what is lost.
 pub trait Transport: Send + Sync + 'static {
-    /// Sends `msgs`, all addressed to peers on `store_id`.
+    /// Sends `msgs`, all addressed to peers on `store_id`; none is a
+    /// snapshot.
     fn send(&self, store_id: u64, msgs: Vec<RaftMessage>);
+
+    /// Sends a snapshot message to a peer on `store_id` and reports to the
+    /// sending peer whether it was delivered.
+    fn send_snapshot(&self, store_id: u64, msg: RaftMessage);
 }
 
 /// Work for the PD worker.
@@ -122,6 +127,7 @@ pub struct PollContext {
     /// Region readies added to `wb` this round.
     pub round_readies: u64,
     outbox: HashMap<u64, Vec<RaftMessage>>,
+    snapshots: Vec<RaftMessage>,
 }
 
 impl std::ops::Deref for PollContext {
@@ -141,6 +147,7 @@ impl PollContext {
             wb,
             round_readies: 0,
             outbox: HashMap::new(),
+            snapshots: Vec::new(),
         }
     }
 
@@ -150,10 +157,19 @@ impl PollContext {
         self.outbox.entry(store).or_default().push(msg);
     }
 
+    /// Queues a snapshot message, sent on its own after the round's write.
+    pub fn send_snapshot(&mut self, msg: RaftMessage) {
+        self.snapshots.push(msg);
+    }
+
     /// Sends every queued message, one batch per destination store.
     pub fn flush_messages(&mut self) {
         for (store, msgs) in self.outbox.drain() {
             self.services.transport.send(store, msgs);
+        }
+        for msg in self.snapshots.drain(..) {
+            let store = msg.to_peer.as_ref().map_or(0, |p| p.store_id);
+            self.services.transport.send_snapshot(store, msg);
         }
     }
 

@@ -1019,7 +1019,12 @@ impl Peer {
             );
             return;
         };
-        ctx.send(self.raft_message(to, &m, false));
+        let msg = self.raft_message(to, &m, false);
+        if m.get_msg_type() == MessageType::MsgSnapshot {
+            ctx.send_snapshot(msg);
+        } else {
+            ctx.send(msg);
+        }
     }
 
     fn raft_message(&self, to: metapb::Peer, m: &eraftpb::Message, hibernate: bool) -> RaftMessage {

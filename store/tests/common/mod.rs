@@ -67,6 +67,10 @@ pub struct TestTransport {
 }
 
 impl Transport for TestTransport {
+    fn send_snapshot(&self, store_id: u64, msg: RaftMessage) {
+        self.send(store_id, vec![msg]);
+    }
+
     fn send(&self, store_id: u64, msgs: Vec<RaftMessage>) {
         self.sent
             .fetch_add(msgs.len() as u64, std::sync::atomic::Ordering::Relaxed);
