@@ -292,6 +292,14 @@ mod tests {
         }
     }
 
+    /// The two steps that add peer `peer_id` on `store_id` as a voter.
+    fn add_voter(store_id: u64, peer_id: u64) -> [OpStep; 2] {
+        [
+            OpStep::AddLearner { store_id, peer_id },
+            OpStep::PromoteLearner { store_id, peer_id },
+        ]
+    }
+
     #[test]
     fn move_peer_walks_through_its_steps() {
         use metapb::PeerRole::{Learner, Voter};
@@ -300,18 +308,14 @@ mod tests {
             "move",
             OpKind::Region,
             &start.region,
-            vec![
-                OpStep::AddLearner {
-                    store_id: 3,
-                    peer_id: 7,
-                },
-                OpStep::PromoteLearner {
-                    store_id: 3,
-                    peer_id: 7,
-                },
-                OpStep::TransferLeader { store_id: 2 },
-                OpStep::RemovePeer { store_id: 1 },
-            ],
+            [
+                add_voter(3, 7).as_slice(),
+                &[
+                    OpStep::TransferLeader { store_id: 2 },
+                    OpStep::RemovePeer { store_id: 1 },
+                ],
+            ]
+            .concat(),
             Duration::from_secs(60),
         );
         let now = Instant::now();
@@ -372,16 +376,7 @@ mod tests {
             "add",
             OpKind::Region,
             &start.region,
-            vec![
-                OpStep::AddLearner {
-                    store_id: 3,
-                    peer_id: 7,
-                },
-                OpStep::PromoteLearner {
-                    store_id: 3,
-                    peer_id: 7,
-                },
-            ],
+            add_voter(3, 7).to_vec(),
             Duration::from_secs(60),
         );
         // Someone else put a different peer on store 3: step one can never
