@@ -344,8 +344,22 @@ async fn scale_out_to_four_stores_then_drain_one_to_tombstone_under_load() {
         || {
             let pd = &pd;
             async move {
-                let (_, per) = distribution(pd).await;
-                let left = per.get(&victim).copied().unwrap_or_default();
+                let regions = pd
+                    .scan_regions(b"", b"", 0)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let left = regions
+                    .iter()
+                    .flat_map(|r| &r.region.peers)
+                    .filter(|p| p.store_id == victim)
+                    .count();
+                let not_three_voters = regions
+                    .iter()
+                    .filter(|r| {
+                        let peers = &r.region.peers;
+                        peers.len() != 3 || peers.iter().any(|p| p.role() != PeerRole::Voter)
+                    })
+                    .count();
                 let state = pd
                     .get_all_stores()
                     .await
@@ -353,21 +367,10 @@ async fn scale_out_to_four_stores_then_drain_one_to_tombstone_under_load() {
                     .into_iter()
                     .find(|s| s.id == victim)
                     .map(|s| s.state());
-                let not_three_voters = pd
-                    .scan_regions(b"", b"", 0)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .iter()
-                    .filter(|r| {
-                        let peers = &r.region.peers;
-                        peers.len() != 3 || peers.iter().any(|p| p.role() != PeerRole::Voter)
-                    })
-                    .count();
-                (state == Some(StoreState::Tombstone) && left.0 == 0 && not_three_voters == 0)
+                (state == Some(StoreState::Tombstone) && left == 0 && not_three_voters == 0)
                     .then_some(())
                     .ok_or(format!(
-                        "state {state:?}, {} replicas left, {not_three_voters} regions without exactly 3 voters",
-                        left.0
+                        "state {state:?}, {left} replicas left, {not_three_voters} regions without exactly 3 voters"
                     ))
             }
         },

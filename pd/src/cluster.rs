@@ -699,14 +699,11 @@ impl Cluster {
     /// Sends the current step of `region_id`'s operator to its leader's
     /// store now instead of on the region's next heartbeat.
     fn push_step(&self, region_id: u64) {
-        let Some(store_id) = self
-            .get_region_by_id(region_id)
-            .and_then(|e| e.leader)
-            .map(|l| l.store_id)
-        else {
+        let Some(step) = self.operator_step(region_id) else {
             return;
         };
-        let Some(step) = self.operator_step(region_id) else {
+        // The step is addressed to the leader.
+        let Some(store_id) = step.target_peer.map(|l| l.store_id) else {
             return;
         };
         let mut streams = self.step_streams.lock();

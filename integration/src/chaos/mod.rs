@@ -359,12 +359,16 @@ async fn run_on(
             ..SetVerdict::default()
         });
     let history = registers.history.ops();
-    let ops = history.clone();
-    let linearizability =
-        match blocking(move || linearizability::check(&ops, Duration::from_secs(60))).await {
-            Ok(v) => v,
-            Err(e) => return (cluster, Err(e)),
-        };
+    // The checker borrows the history on its thread and hands it back.
+    let checked = blocking(move || {
+        let verdict = linearizability::check(&history, Duration::from_secs(60));
+        (verdict, history)
+    })
+    .await;
+    let (linearizability, history) = match checked {
+        Ok(v) => v,
+        Err(e) => return (cluster, Err(e)),
+    };
     let replicas = replicas_identical(cluster.as_mut()).await;
     let report = Report {
         scenario,

@@ -442,19 +442,27 @@ mod tests {
         assert_eq!(p.describe(), "PD c:3 (smart client)");
     }
 
-    #[tokio::test]
-    async fn an_unreachable_router_fails_fast_and_is_named() {
+    /// An address nothing listens on.
+    fn closed_addr() -> String {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = closed.local_addr().unwrap().to_string();
-        drop(closed);
+        closed.local_addr().unwrap().to_string()
+    }
+
+    /// Connects to `dest`, which must fail within the probe's time; the error.
+    async fn connect_fails_fast(dest: Destination) -> String {
         let started = std::time::Instant::now();
-        let dest = Destination::Routers(vec![addr.clone()]);
         let err = Target::connect(&dest, 4, Duration::from_secs(30))
             .await
             .err()
             .expect("nothing listens there");
         assert!(started.elapsed() < PROBE_TIMEOUT + Duration::from_secs(1));
-        let text = err.to_string();
+        err.to_string()
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_router_fails_fast_and_is_named() {
+        let addr = closed_addr();
+        let text = connect_fails_fast(Destination::Routers(vec![addr.clone()])).await;
         assert!(
             text.contains(&format!("cannot connect to router {addr}")),
             "{text}"
@@ -463,20 +471,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreachable_pd_fails_fast_and_is_named() {
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = closed.local_addr().unwrap().to_string();
-        drop(closed);
-        let started = std::time::Instant::now();
-        let err = Target::connect(
-            &Destination::Pd(vec![addr.clone()]),
-            4,
-            Duration::from_secs(30),
-        )
-        .await
-        .err()
-        .expect("nothing listens there");
-        assert!(started.elapsed() < PROBE_TIMEOUT + Duration::from_secs(1));
-        let text = err.to_string();
+        let addr = closed_addr();
+        let text = connect_fails_fast(Destination::Pd(vec![addr.clone()])).await;
         assert!(text.contains(&format!("cannot reach PD {addr}")), "{text}");
     }
 }

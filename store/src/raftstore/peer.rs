@@ -179,15 +179,8 @@ impl Peer {
             return;
         }
         match &msg {
-            PeerMsg::Tick if self.asleep => return,
-            PeerMsg::SleepTick => {
-                if self.asleep {
-                    self.on_sleep_tick(ctx);
-                }
-                return;
-            }
             // Raft messages wake the peer unless they are only liveness.
-            PeerMsg::Raft(_) | PeerMsg::Tick => {}
+            PeerMsg::Raft(_) | PeerMsg::Tick | PeerMsg::SleepTick => {}
             _ => self.wake(),
         }
         match msg {
@@ -198,8 +191,10 @@ impl Peer {
                 ranges,
                 callback,
             } => self.on_read(ctx, header, ranges, callback),
-            PeerMsg::Tick => self.on_tick(ctx),
-            PeerMsg::SleepTick => {}
+            PeerMsg::Tick if !self.asleep => self.on_tick(ctx),
+            PeerMsg::SleepTick if self.asleep => self.on_sleep_tick(ctx),
+            // A tick sent before the peer fell asleep or woke up.
+            PeerMsg::Tick | PeerMsg::SleepTick => {}
             PeerMsg::Applied(result) => self.on_applied(ctx, result),
             PeerMsg::TransferLeader(to) => {
                 if self.is_leader() && to.id != self.meta.id {
