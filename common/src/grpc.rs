@@ -34,6 +34,12 @@ pub fn endpoint(addr: &str, connect_timeout: Duration) -> Result<Endpoint, Strin
         .keep_alive_while_idle(true))
 }
 
+/// Completes once `rx` turns true or its sender is gone: the shutdown
+/// signal of our servers.
+pub async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
 /// The connections `listener` accepts, with `TCP_NODELAY` set on each.
 ///
 /// tonic applies its own `tcp_nodelay` setting only to listeners it binds

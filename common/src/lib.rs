@@ -1,8 +1,10 @@
 //! Code shared by the placement driver, the store and the router: logging
-//! setup, gRPC serving, the PD client trait and the input limits of raw KV
-//! requests.
+//! setup, gRPC serving, the PD client trait, the input limits of raw KV
+//! requests and the batched stream of the store's KV service.
 
+pub mod batch_stream;
 pub mod grpc;
+pub mod kv_batch;
 pub mod limits;
 pub mod pd_client;
 

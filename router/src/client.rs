@@ -77,7 +77,7 @@ impl Client {
                 p.limits().check_key(key)?;
                 let req = routerpb::GetRequest { key: key.to_vec() };
                 let resp = p
-                    .call(Op::Get, key, |mut c| {
+                    .call(Op::Get, key, |c| {
                         let req = req.clone();
                         async move { c.get(req).await }
                     })
@@ -100,7 +100,7 @@ impl Client {
                     keys: keys.to_vec(),
                 };
                 let resp = p
-                    .call(Op::BatchGet, first, |mut c| {
+                    .call(Op::BatchGet, first, |c| {
                         let req = req.clone();
                         async move { c.batch_get(req).await }
                     })
@@ -127,7 +127,7 @@ impl Client {
                     value: value.to_vec(),
                     ttl: ttl_secs,
                 };
-                p.call(Op::Put, key, |mut c| {
+                p.call(Op::Put, key, |c| {
                     let req = req.clone();
                     async move { c.put(req).await }
                 })
@@ -157,7 +157,7 @@ impl Client {
                     pairs: pairs.to_vec(),
                     ttl: ttl_secs,
                 };
-                p.call(Op::BatchPut, &pairs[0].key, |mut c| {
+                p.call(Op::BatchPut, &pairs[0].key, |c| {
                     let req = req.clone();
                     async move { c.batch_put(req).await }
                 })
@@ -174,7 +174,7 @@ impl Client {
             Backend::Routers(p) => {
                 p.limits().check_key(key)?;
                 let req = routerpb::DeleteRequest { key: key.to_vec() };
-                p.call(Op::Delete, key, |mut c| {
+                p.call(Op::Delete, key, |c| {
                     let req = req.clone();
                     async move { c.delete(req).await }
                 })
@@ -194,7 +194,7 @@ impl Client {
                     start_key: start.to_vec(),
                     end_key: end.to_vec(),
                 };
-                p.call(Op::DeleteRange, start, |mut c| {
+                p.call(Op::DeleteRange, start, |c| {
                     let req = req.clone();
                     async move { c.delete_range(req).await }
                 })
@@ -249,7 +249,7 @@ impl Client {
                     key_only,
                 };
                 let resp = p
-                    .call(Op::Scan, start, |mut c| {
+                    .call(Op::Scan, start, |c| {
                         let req = req.clone();
                         async move { c.scan(req).await }
                     })
@@ -281,7 +281,7 @@ impl Client {
                     ttl: 0,
                 };
                 let resp = p
-                    .call(Op::CompareAndSwap, key, |mut c| {
+                    .call(Op::CompareAndSwap, key, |c| {
                         let req = req.clone();
                         async move { c.compare_and_swap(req).await }
                     })

@@ -41,11 +41,15 @@ impl Error {
     /// The gRPC status the router answers this error with, marked as coming
     /// from the router (see [`ROUTER_ERROR_METADATA`]).
     pub fn to_status(&self) -> Status {
-        let mut status = match self {
+        Error::mark_router_status(match self {
             Error::InvalidArgument(msg) => Status::invalid_argument(msg.clone()),
             Error::Unavailable(msg) => Status::unavailable(msg.clone()),
             Error::Config(msg) => Status::failed_precondition(msg.clone()),
-        };
+        })
+    }
+
+    /// `status` marked as the router's own answer.
+    pub fn mark_router_status(mut status: Status) -> Status {
         status.metadata_mut().insert(
             ROUTER_ERROR_METADATA,
             tonic::metadata::MetadataValue::from_static("1"),

@@ -7,7 +7,8 @@
 //!   consistent-hash ring ([`router_pool`]).
 //! - [`Router`] ([`routing`]): the routing engine both use. It finds a
 //!   key's region in the [`region_cache`] (PD on a miss, via [`pd`]), sends
-//!   to the leader over one channel per store ([`store_conn`]), updates the
+//!   to the leader over one batched stream per store ([`store_conn`],
+//!   [`batch_client`]), updates the
 //!   cache from region errors ([`region_error`]) and retries with bounded
 //!   exponential backoff ([`retry`]). Multi-key requests are split by
 //!   region and sent in parallel ([`multi_key`]); scans walk regions in key
@@ -20,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+pub mod batch_client;
 pub mod client;
 pub mod config;
 pub mod error;

@@ -6,9 +6,9 @@
 use std::collections::HashMap;
 use std::future::Future;
 
-use concord_proto::kvrpcpb::{self, kv_client::KvClient, Context, KvPair};
+use crate::batch_client::StoreClient;
+use concord_proto::kvrpcpb::{self, Context, KvPair};
 use futures::StreamExt;
-use tonic::transport::Channel;
 use tonic::Status;
 
 use crate::error::Result;
@@ -116,8 +116,8 @@ impl Router {
     ) -> Result<Vec<(Vec<usize>, T)>>
     where
         T: KvResponse,
-        F: Fn(KvClient<Channel>, Context, Vec<usize>) -> Fut,
-        Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+        F: Fn(StoreClient, Context, Vec<usize>) -> Fut,
+        Fut: Future<Output = std::result::Result<T, Status>>,
     {
         let mut backoff = self.backoff(op);
         let mut pending: Vec<usize> = (0..keys.len()).collect();
@@ -180,7 +180,7 @@ impl Router {
             self.config.limits.check_keys(keys)?;
             let routing: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
             let shares = self
-                .run_by_region(Op::BatchGet, &routing, |mut c, ctx, items| async move {
+                .run_by_region(Op::BatchGet, &routing, |c, ctx, items| async move {
                     c.raw_batch_get(kvrpcpb::RawBatchGetRequest {
                         context: Some(ctx),
                         keys: items.iter().map(|&i| keys[i].clone()).collect(),
@@ -218,7 +218,7 @@ impl Router {
                 .limits
                 .check_pairs(pairs.iter().map(|p| (p.key.as_slice(), p.value.as_slice())))?;
             let routing: Vec<&[u8]> = pairs.iter().map(|p| p.key.as_slice()).collect();
-            self.run_by_region(Op::BatchPut, &routing, |mut c, ctx, items| async move {
+            self.run_by_region(Op::BatchPut, &routing, |c, ctx, items| async move {
                 c.raw_batch_put(kvrpcpb::RawBatchPutRequest {
                     context: Some(ctx),
                     pairs: items.iter().map(|&i| pairs[i].clone()).collect(),
@@ -260,7 +260,7 @@ impl Router {
                     .map(|part| async move {
                         let range = (&part.start, &part.end);
                         let outcome = self
-                            .attempt(&part.region, remaining, |mut c, ctx| async move {
+                            .attempt(&part.region, remaining, |c, ctx| async move {
                                 c.raw_delete_range(kvrpcpb::RawDeleteRangeRequest {
                                     context: Some(ctx),
                                     start_key: range.0.clone(),

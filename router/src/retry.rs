@@ -122,7 +122,8 @@ pub fn connect_failed(status: &tonic::Status) -> bool {
         });
         let unsent = e
             .downcast_ref::<hyper::Error>()
-            .is_some_and(hyper::Error::is_canceled);
+            .is_some_and(hyper::Error::is_canceled)
+            || e.is::<crate::batch_client::NotSent>();
         if refused || unsent || e.to_string().starts_with("tcp connect error") {
             return true;
         }

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use concord_proto::routerpb::raw_kv_client::RawKvClient;
 use hashring::HashRing;
 use parking_lot::Mutex;
-use tonic::transport::Channel;
 use tonic::Status;
 
+use crate::batch_client::RouterClient;
 use crate::error::{Error, Result};
 use crate::metrics::Op;
 use crate::retry::{connect_failed, Backoff, BackoffConfig, Retry, RetryReason};
@@ -75,7 +75,7 @@ impl Hash for VNode {
 
 struct Endpoint {
     addr: String,
-    client: RawKvClient<Channel>,
+    client: RouterClient,
     down_until: Mutex<Option<Instant>>,
 }
 
@@ -113,9 +113,11 @@ impl RouterPool {
             let channel = lazy_channel(addr, config.connect_timeout).map_err(Error::Config)?;
             routers.push(Endpoint {
                 addr: addr.clone(),
-                client: RawKvClient::new(channel)
-                    .max_decoding_message_size(MAX_MESSAGE_SIZE)
-                    .max_encoding_message_size(MAX_MESSAGE_SIZE),
+                client: RouterClient::new(
+                    RawKvClient::new(channel)
+                        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                        .max_encoding_message_size(MAX_MESSAGE_SIZE),
+                ),
                 down_until: Mutex::new(None),
             });
             let shared: Arc<str> = Arc::from(addr.as_str());
@@ -173,8 +175,8 @@ impl RouterPool {
     /// Errors the router itself answered with are final.
     pub(crate) async fn call<T, F, Fut>(&self, op: Op, key: &[u8], f: F) -> Result<T>
     where
-        F: Fn(RawKvClient<Channel>) -> Fut,
-        Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+        F: Fn(RouterClient) -> Fut,
+        Fut: Future<Output = std::result::Result<T, Status>>,
     {
         let mut backoff = Backoff::new(op.as_str(), self.config.backoff).for_writes(op.writes());
         loop {
@@ -185,7 +187,7 @@ impl RouterPool {
             let timeout = self.config.rpc_timeout.min(backoff.remaining());
             let (reason, detail) =
                 match tokio::time::timeout(timeout, f(router.client.clone())).await {
-                    Ok(Ok(resp)) => return Ok(resp.into_inner()),
+                    Ok(Ok(resp)) => return Ok(resp),
                     Ok(Err(status)) => match Error::from_router_status(&status) {
                         Some(e) => return Err(e),
                         None => (

@@ -8,9 +8,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::batch_client::StoreClient;
 use concord_proto::errorpb;
-use concord_proto::kvrpcpb::{self, kv_client::KvClient, Context};
-use tonic::transport::Channel;
+use concord_proto::kvrpcpb::{self, Context};
 use tonic::{Code, Status};
 
 use crate::error::{Error, Result};
@@ -327,8 +327,8 @@ impl Router {
     ) -> std::result::Result<T, AttemptError>
     where
         T: KvResponse,
-        F: FnOnce(KvClient<Channel>, Context) -> Fut,
-        Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+        F: FnOnce(StoreClient, Context) -> Fut,
+        Fut: Future<Output = std::result::Result<T, Status>>,
     {
         let Some(peer) = region.target_peer(|s| self.stores.is_suspect(s)) else {
             self.cache.remove(region.id());
@@ -371,7 +371,7 @@ impl Router {
                 }
                 return Err(err);
             }
-            Ok(Ok(resp)) => resp.into_inner(),
+            Ok(Ok(resp)) => resp,
         };
         self.stores.mark_reachable(peer.store_id);
         if let Some(region_error) = resp.take_region_error() {
@@ -402,8 +402,8 @@ impl Router {
     pub(crate) async fn on_key<T, F, Fut>(&self, op: Op, key: &[u8], call: F) -> Result<T>
     where
         T: KvResponse,
-        F: Fn(KvClient<Channel>, Context) -> Fut,
-        Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+        F: Fn(StoreClient, Context) -> Fut,
+        Fut: Future<Output = std::result::Result<T, Status>>,
     {
         let mut backoff = self.backoff(op);
         loop {
@@ -424,7 +424,7 @@ impl Router {
         self.observed(Op::Get, async {
             self.config.limits.check_key(key)?;
             let resp = self
-                .on_key(Op::Get, key, |mut c, ctx| async move {
+                .on_key(Op::Get, key, |c, ctx| async move {
                     c.raw_get(kvrpcpb::RawGetRequest {
                         context: Some(ctx),
                         key: key.to_vec(),
@@ -442,7 +442,7 @@ impl Router {
         self.observed(Op::Put, async {
             self.config.limits.check_key(key)?;
             self.config.limits.check_value(value)?;
-            self.on_key(Op::Put, key, |mut c, ctx| async move {
+            self.on_key(Op::Put, key, |c, ctx| async move {
                 c.raw_put(kvrpcpb::RawPutRequest {
                     context: Some(ctx),
                     key: key.to_vec(),
@@ -461,7 +461,7 @@ impl Router {
     pub async fn delete(&self, key: &[u8]) -> Result<()> {
         self.observed(Op::Delete, async {
             self.config.limits.check_key(key)?;
-            self.on_key(Op::Delete, key, |mut c, ctx| async move {
+            self.on_key(Op::Delete, key, |c, ctx| async move {
                 c.raw_delete(kvrpcpb::RawDeleteRequest {
                     context: Some(ctx),
                     key: key.to_vec(),
@@ -491,7 +491,7 @@ impl Router {
             self.config.limits.check_key(key)?;
             self.config.limits.check_value(value)?;
             let resp = self
-                .on_key(Op::CompareAndSwap, key, |mut c, ctx| async move {
+                .on_key(Op::CompareAndSwap, key, |c, ctx| async move {
                     c.raw_compare_and_swap(kvrpcpb::RawCasRequest {
                         context: Some(ctx),
                         key: key.to_vec(),

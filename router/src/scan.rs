@@ -116,7 +116,7 @@ impl Router {
                 let outcomes: Vec<_> = futures::stream::iter(0..steps.len())
                     .map(|i| {
                         let step = &steps[i];
-                        self.attempt(&step.sub.region, remaining, move |mut c, ctx| async move {
+                        self.attempt(&step.sub.region, remaining, move |c, ctx| async move {
                             c.raw_scan(kvrpcpb::RawScanRequest {
                                 context: Some(ctx),
                                 start_key: step.sub.start.clone(),

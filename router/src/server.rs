@@ -11,6 +11,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Json;
+use concord_common::batch_stream::ServeOptions;
 use concord_proto::routerpb::raw_kv_server::RawKvServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -43,11 +44,6 @@ async fn bind(addr: &str, what: &str) -> Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .map_err(|e| Error::Config(format!("cannot listen for {what} on {addr}: {e}")))
-}
-
-async fn stopped(mut rx: watch::Receiver<bool>) {
-    // A closed channel also means stop.
-    let _ = rx.wait_for(|stop| *stop).await;
 }
 
 async fn metrics(State(state): State<Arc<StatusState>>) -> impl IntoResponse {
@@ -109,7 +105,11 @@ pub async fn start(config: RouterConfig) -> Result<RouterServerHandle> {
     let router = Arc::new(Router::connect_pd(&config.pd, config.routing())?);
     let (shutdown, shutdown_rx) = watch::channel(false);
 
-    let service = RawKvServer::new(RouterService::new(router.clone()))
+    let batching = ServeOptions {
+        max_in_flight: config.max_concurrent_requests_per_connection,
+        shutdown: Some(shutdown_rx.clone()),
+    };
+    let service = RawKvServer::new(RouterService::new(router.clone(), batching))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
     let grpc_task = tokio::spawn(
@@ -118,7 +118,7 @@ pub async fn start(config: RouterConfig) -> Result<RouterServerHandle> {
             .add_service(service)
             .serve_with_incoming_shutdown(
                 concord_common::grpc::incoming(grpc_listener),
-                stopped(shutdown_rx.clone()),
+                concord_common::grpc::stopped(shutdown_rx.clone()),
             ),
     );
     let state = Arc::new(StatusState {
@@ -133,7 +133,7 @@ pub async fn start(config: RouterConfig) -> Result<RouterServerHandle> {
         .with_state(state);
     let http_task = tokio::spawn(async move {
         axum::serve(status_listener, app)
-            .with_graceful_shutdown(stopped(shutdown_rx))
+            .with_graceful_shutdown(concord_common::grpc::stopped(shutdown_rx))
             .await
     });
     tracing::info!(%grpc_addr, %status_addr, "router serving");

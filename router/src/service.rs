@@ -5,8 +5,11 @@
 
 use std::sync::Arc;
 
+use concord_common::batch_stream::{self, BatchService, BatchStream, RouterEnvelope, ServeOptions};
+use concord_proto::routerpb::batch_commands_request::request::Cmd as Ask;
+use concord_proto::routerpb::batch_commands_response::response::Cmd as Answer;
 use concord_proto::routerpb::{self, raw_kv_server::RawKv};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::routing::Router;
 
@@ -14,20 +17,22 @@ use crate::routing::Router;
 #[derive(Clone)]
 pub struct RouterService {
     router: Arc<Router>,
+    batching: ServeOptions,
 }
 
 impl RouterService {
-    /// The service answering through `router`.
-    pub fn new(router: Arc<Router>) -> RouterService {
-        RouterService { router }
+    /// The service answering through `router`; its `BatchCommands` streams
+    /// are served with `batching`.
+    pub fn new(router: Arc<Router>, batching: ServeOptions) -> RouterService {
+        RouterService { router, batching }
     }
 }
 
-type Answer<T> = Result<Response<T>, Status>;
+type Answered<T> = Result<Response<T>, Status>;
 
 #[tonic::async_trait]
 impl RawKv for RouterService {
-    async fn get(&self, req: Request<routerpb::GetRequest>) -> Answer<routerpb::GetResponse> {
+    async fn get(&self, req: Request<routerpb::GetRequest>) -> Answered<routerpb::GetResponse> {
         let req = req.into_inner();
         let value = self.router.get(&req.key).await.map_err(|e| e.to_status())?;
         Ok(Response::new(routerpb::GetResponse {
@@ -39,7 +44,7 @@ impl RawKv for RouterService {
     async fn batch_get(
         &self,
         req: Request<routerpb::BatchGetRequest>,
-    ) -> Answer<routerpb::BatchGetResponse> {
+    ) -> Answered<routerpb::BatchGetResponse> {
         let req = req.into_inner();
         let pairs = self
             .router
@@ -49,7 +54,7 @@ impl RawKv for RouterService {
         Ok(Response::new(routerpb::BatchGetResponse { pairs }))
     }
 
-    async fn put(&self, req: Request<routerpb::PutRequest>) -> Answer<routerpb::PutResponse> {
+    async fn put(&self, req: Request<routerpb::PutRequest>) -> Answered<routerpb::PutResponse> {
         let req = req.into_inner();
         self.router
             .put(&req.key, &req.value, req.ttl)
@@ -61,7 +66,7 @@ impl RawKv for RouterService {
     async fn batch_put(
         &self,
         req: Request<routerpb::BatchPutRequest>,
-    ) -> Answer<routerpb::BatchPutResponse> {
+    ) -> Answered<routerpb::BatchPutResponse> {
         let req = req.into_inner();
         self.router
             .batch_put(&req.pairs, req.ttl)
@@ -73,7 +78,7 @@ impl RawKv for RouterService {
     async fn delete(
         &self,
         req: Request<routerpb::DeleteRequest>,
-    ) -> Answer<routerpb::DeleteResponse> {
+    ) -> Answered<routerpb::DeleteResponse> {
         let req = req.into_inner();
         self.router
             .delete(&req.key)
@@ -85,7 +90,7 @@ impl RawKv for RouterService {
     async fn delete_range(
         &self,
         req: Request<routerpb::DeleteRangeRequest>,
-    ) -> Answer<routerpb::DeleteRangeResponse> {
+    ) -> Answered<routerpb::DeleteRangeResponse> {
         let req = req.into_inner();
         self.router
             .delete_range(&req.start_key, &req.end_key)
@@ -94,7 +99,7 @@ impl RawKv for RouterService {
         Ok(Response::new(routerpb::DeleteRangeResponse {}))
     }
 
-    async fn scan(&self, req: Request<routerpb::ScanRequest>) -> Answer<routerpb::ScanResponse> {
+    async fn scan(&self, req: Request<routerpb::ScanRequest>) -> Answered<routerpb::ScanResponse> {
         let req = req.into_inner();
         let kvs = self
             .router
@@ -113,7 +118,7 @@ impl RawKv for RouterService {
     async fn compare_and_swap(
         &self,
         req: Request<routerpb::CasRequest>,
-    ) -> Answer<routerpb::CasResponse> {
+    ) -> Answered<routerpb::CasResponse> {
         let req = req.into_inner();
         let previous = (!req.previous_not_exist).then_some(req.previous_value.as_slice());
         let outcome = self
@@ -126,5 +131,60 @@ impl RawKv for RouterService {
             previous_not_exist: outcome.previous.is_none(),
             previous_value: outcome.previous.unwrap_or_default(),
         }))
+    }
+
+    type BatchCommandsStream = BatchStream<routerpb::BatchCommandsResponse>;
+
+    async fn batch_commands(
+        &self,
+        req: Request<Streaming<routerpb::BatchCommandsRequest>>,
+    ) -> Answered<Self::BatchCommandsStream> {
+        Ok(Response::new(batch_stream::serve(
+            self.clone(),
+            req.into_inner(),
+            &self.batching,
+        )))
+    }
+}
+
+/// Each request of a `BatchCommands` stream goes through the unary call.
+impl BatchService for RouterService {
+    type Envelope = RouterEnvelope;
+
+    async fn answer(&self, cmd: Ask) -> std::result::Result<Answer, Status> {
+        match cmd {
+            Ask::Get(r) => self
+                .get(Request::new(r))
+                .await
+                .map(|r| Answer::Get(r.into_inner())),
+            Ask::BatchGet(r) => self
+                .batch_get(Request::new(r))
+                .await
+                .map(|r| Answer::BatchGet(r.into_inner())),
+            Ask::Put(r) => self
+                .put(Request::new(r))
+                .await
+                .map(|r| Answer::Put(r.into_inner())),
+            Ask::BatchPut(r) => self
+                .batch_put(Request::new(r))
+                .await
+                .map(|r| Answer::BatchPut(r.into_inner())),
+            Ask::Delete(r) => self
+                .delete(Request::new(r))
+                .await
+                .map(|r| Answer::Delete(r.into_inner())),
+            Ask::DeleteRange(r) => self
+                .delete_range(Request::new(r))
+                .await
+                .map(|r| Answer::DeleteRange(r.into_inner())),
+            Ask::Scan(r) => self
+                .scan(Request::new(r))
+                .await
+                .map(|r| Answer::Scan(r.into_inner())),
+            Ask::Cas(r) => self
+                .compare_and_swap(Request::new(r))
+                .await
+                .map(|r| Answer::Cas(r.into_inner())),
+        }
     }
 }

@@ -10,6 +10,7 @@ use concord_proto::metapb;
 use dashmap::DashMap;
 use tonic::transport::Channel;
 
+use crate::batch_client::StoreClient;
 use crate::pd::RegionSource;
 use crate::retry::{Retry, RetryReason};
 
@@ -28,8 +29,8 @@ pub struct StoreConn {
     pub store_id: u64,
     /// The address PD gave for it.
     pub address: String,
-    /// A KV client over the store's shared channel.
-    pub client: KvClient<Channel>,
+    /// The store's raw KV calls, over one batched stream.
+    pub client: StoreClient,
 }
 
 /// Store addresses and channels, keyed by store id.
@@ -94,9 +95,11 @@ impl StoreConnections {
         let conn = StoreConn {
             store_id,
             address: store.address,
-            client: KvClient::new(channel)
-                .max_decoding_message_size(MAX_MESSAGE_SIZE)
-                .max_encoding_message_size(MAX_MESSAGE_SIZE),
+            client: StoreClient::new(
+                KvClient::new(channel)
+                    .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                    .max_encoding_message_size(MAX_MESSAGE_SIZE),
+            ),
         };
         Ok(self.conns.entry(store_id).or_insert(conn).clone())
     }

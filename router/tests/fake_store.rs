@@ -29,6 +29,7 @@ enum Answer {
 /// (from 1) and the request context.
 type Script = Arc<dyn Fn(u64, u64, &Context) -> Answer + Send + Sync>;
 
+#[derive(Clone)]
 struct FakeStore {
     id: u64,
     script: Script,
@@ -131,6 +132,20 @@ impl Kv for FakeStore {
         _: Request<kvrpcpb::RegionChecksumRequest>,
     ) -> Answered<kvrpcpb::RegionChecksumResponse> {
         Err(Status::unimplemented("fake"))
+    }
+
+    type BatchCommandsStream =
+        concord_common::batch_stream::BatchStream<kvrpcpb::BatchCommandsResponse>;
+
+    async fn batch_commands(
+        &self,
+        req: Request<tonic::Streaming<kvrpcpb::BatchCommandsRequest>>,
+    ) -> Answered<Self::BatchCommandsStream> {
+        Ok(Response::new(concord_common::kv_batch::serve(
+            self.clone(),
+            req.into_inner(),
+            &Default::default(),
+        )))
     }
 }
 

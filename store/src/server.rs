@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use concord_common::batch_stream::ServeOptions;
 use concord_common::pd_client::{PdClient, PdError};
 use concord_pd::grpc_client::GrpcPdClient;
 use concord_proto::kvrpcpb::kv_server::KvServer;
@@ -240,23 +241,28 @@ pub async fn run(
     transport.set_router(services.router.clone());
     tokio::spawn(serve_status(status_listener, services.clone()));
     info!(store_id, address = %advertise, "store ready");
-    let kv = KvServer::new(KvService::new(KvApi::new(&services)))
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let batching = ServeOptions {
+        shutdown: Some(stop_rx.clone()),
+        ..ServeOptions::default()
+    };
+    let kv = KvServer::new(KvService::new(KvApi::new(&services), batching))
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(usize::MAX);
     let raft = RaftServer::new(RaftService::new(services)).max_decoding_message_size(usize::MAX);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(kv)
             .add_service(raft)
-            .serve_with_incoming_shutdown(concord_common::grpc::incoming(listener), async {
-                let _ = stop_rx.await;
-            }),
+            .serve_with_incoming_shutdown(
+                concord_common::grpc::incoming(listener),
+                concord_common::grpc::stopped(stop_rx),
+            ),
     );
     let result = tokio::select! {
         r = &mut server => r,
         () = shutdown => {
-            let _ = stop_tx.send(());
+            let _ = stop_tx.send(true);
             // Other stores keep their raft streams to us open; do not wait
             // for them to hang up.
             match tokio::time::timeout(SERVER_DRAIN, &mut server).await {

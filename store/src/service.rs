@@ -1,22 +1,26 @@
 //! The gRPC KV service of a store, over [`KvApi`].
 
+use concord_common::batch_stream::ServeOptions;
 use concord_proto::errorpb;
 use concord_proto::kvrpcpb::kv_server::Kv;
 use concord_proto::kvrpcpb::*;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::kv::KvApi;
 use crate::raftstore::CmdError;
 
 /// Serves `kvrpcpb.Kv` for one store.
+#[derive(Clone)]
 pub struct KvService {
     api: KvApi,
+    batching: ServeOptions,
 }
 
 impl KvService {
-    /// A service answering with `api`.
-    pub fn new(api: KvApi) -> KvService {
-        KvService { api }
+    /// A service answering with `api`; its `BatchCommands` streams are
+    /// served with `batching`.
+    pub fn new(api: KvApi, batching: ServeOptions) -> KvService {
+        KvService { api, batching }
     }
 }
 
@@ -214,5 +218,18 @@ impl Kv for KvService {
                 ..Default::default()
             }
         })
+    }
+
+    type BatchCommandsStream = concord_common::batch_stream::BatchStream<BatchCommandsResponse>;
+
+    async fn batch_commands(
+        &self,
+        request: Request<Streaming<BatchCommandsRequest>>,
+    ) -> Result<Response<Self::BatchCommandsStream>, Status> {
+        Ok(Response::new(concord_common::kv_batch::serve(
+            self.clone(),
+            request.into_inner(),
+            &self.batching,
+        )))
     }
 }

@@ -200,7 +200,7 @@ fn document(args: &BenchArgs, dest: &Destination, phases: &[PhaseReport]) -> Val
 pub async fn run(args: BenchArgs) -> Result<()> {
     let dest = validate(&args)?;
     let timeout = Duration::from_secs(args.timeout_secs);
-    let target = Target::connect(&dest, args.concurrency, timeout).await?;
+    let target = Target::connect(&dest, timeout).await?;
     if !args.json {
         println!("{}", header(&args, &dest));
     }

@@ -5,12 +5,11 @@
 use std::fmt;
 use std::time::Duration;
 
-use concord_proto::routerpb::raw_kv_client::RawKvClient;
 use concord_proto::routerpb::{CasRequest, GetRequest, PutRequest, ScanRequest};
+use concord_router::batch_client::RouterClient;
 use concord_router::store_conn::MAX_MESSAGE_SIZE;
 use concord_router::{Client, RoutingConfig};
 use tokio::time::Instant;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use super::workload::{key_of, KEY_END};
@@ -157,8 +156,9 @@ fn code_name(code: Code) -> &'static str {
 
 #[derive(Clone)]
 enum Backend {
-    /// Router processes; worker `w` uses channel `w % len`.
-    Routers(Vec<RawKvClient<Channel>>),
+    /// Router processes, one batched stream each; worker `w` uses router
+    /// `w % len`.
+    Routers(Vec<RouterClient>),
     /// The routing library itself, through PD.
     Smart(Client),
 }
@@ -175,13 +175,9 @@ impl Target {
     /// Connects to `dest` and probes it with a get of record 0; fails
     /// within about [`PROBE_TIMEOUT`] if the target cannot serve. `timeout`
     /// bounds every later request.
-    pub async fn connect(
-        dest: &Destination,
-        concurrency: usize,
-        timeout: Duration,
-    ) -> Result<Target> {
+    pub async fn connect(dest: &Destination, timeout: Duration) -> Result<Target> {
         let backend = match dest {
-            Destination::Routers(addrs) => connect_routers(addrs, concurrency, timeout).await?,
+            Destination::Routers(addrs) => connect_routers(addrs, timeout).await?,
             Destination::Pd(addrs) => connect_pd(addrs, timeout).await?,
         };
         Ok(Target {
@@ -195,7 +191,7 @@ impl Target {
         self.bounded(async {
             Ok(match &self.backend {
                 Backend::Routers(c) => {
-                    let resp = pick(c, worker).get(GetRequest { key }).await?.into_inner();
+                    let resp = pick(c, worker).get(GetRequest { key }).await?;
                     (!resp.not_found).then_some(resp.value)
                 }
                 Backend::Smart(c) => c.get(&key).await?,
@@ -232,7 +228,7 @@ impl Target {
                         reverse: false,
                         key_only: false,
                     };
-                    pick(c, worker).scan(req).await?.into_inner().kvs.len()
+                    pick(c, worker).scan(req).await?.kvs.len()
                 }
                 Backend::Smart(c) => c.scan(&start, KEY_END, limit, false).await?.len(),
             })
@@ -259,11 +255,7 @@ impl Target {
                         previous_value: previous.unwrap_or_default(),
                         ttl: 0,
                     };
-                    pick(c, worker)
-                        .compare_and_swap(req)
-                        .await?
-                        .into_inner()
-                        .succeed
+                    pick(c, worker).compare_and_swap(req).await?.succeed
                 }
                 Backend::Smart(c) => {
                     c.compare_and_swap(&key, previous.as_deref(), &value)
@@ -285,32 +277,21 @@ impl Target {
     }
 }
 
-fn pick(clients: &[RawKvClient<Channel>], worker: usize) -> RawKvClient<Channel> {
-    clients[worker % clients.len()].clone()
+fn pick(clients: &[RouterClient], worker: usize) -> &RouterClient {
+    &clients[worker % clients.len()]
 }
 
-/// Channels to every router (a few per router when many workers share them:
-/// more HTTP/2 connections spread the load), after each router answered
-/// the probe.
-async fn connect_routers(
-    addrs: &[String],
-    concurrency: usize,
-    timeout: Duration,
-) -> Result<Backend> {
-    let per_router = concurrency.div_ceil(32).clamp(1, 4);
-    let mut clients = Vec::with_capacity(per_router * addrs.len());
-    for _ in 0..per_router {
-        for addr in addrs {
-            clients.push(
-                connect_lazy(addr, timeout)?
-                    .max_decoding_message_size(MAX_MESSAGE_SIZE)
-                    .max_encoding_message_size(MAX_MESSAGE_SIZE),
-            );
-        }
+/// A batched stream to every router, after each router answered the probe.
+async fn connect_routers(addrs: &[String], timeout: Duration) -> Result<Backend> {
+    let mut clients = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        clients.push(RouterClient::new(
+            connect_lazy(addr, timeout)?
+                .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                .max_encoding_message_size(MAX_MESSAGE_SIZE),
+        ));
     }
-    // The first `addrs.len()` clients are one per router, in order.
     let probes = addrs.iter().zip(&clients).map(|(addr, client)| async move {
-        let mut client = client.clone();
         let probe = client.get(GetRequest { key: key_of(0) });
         match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
             Ok(Ok(_)) => Ok(()),
@@ -451,7 +432,7 @@ mod tests {
     /// Connects to `dest`, which must fail within the probe's time; the error.
     async fn connect_fails_fast(dest: Destination) -> String {
         let started = std::time::Instant::now();
-        let err = Target::connect(&dest, 4, Duration::from_secs(30))
+        let err = Target::connect(&dest, Duration::from_secs(30))
             .await
             .err()
             .expect("nothing listens there");
