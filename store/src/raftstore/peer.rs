@@ -829,7 +829,8 @@ impl Peer {
 
     /// Takes the raft `Ready`, adding its log entries, hard state and any
     /// snapshot to the round's write batch. Messages that may leave before
-    /// the write are queued for sending after it too.
+    /// the write (a leader's appends) are queued; the poller sends them
+    /// before writing the batch.
     pub fn collect_ready(&mut self, ctx: &mut PollContext) {
         if self.asleep && self.is_leader() && !self.is_idle() {
             // A follower turned out to lack entries: replicate awake.

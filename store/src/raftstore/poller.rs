@@ -60,6 +60,9 @@ fn poll(ctx: &mut PollContext, ready: &ReadyQueue, stop: &AtomicBool) {
             ctx.router.set_asleep(mailbox, peer.is_asleep());
             peers.push(peer);
         }
+        // A leader's appends may leave before its own log write (raft
+        // thesis 10.2.1): the followers' fsyncs overlap the leader's.
+        ctx.flush_messages();
         ctx.write_round();
         for peer in &mut peers {
             peer.post_ready(ctx);
