@@ -2,20 +2,20 @@
 //! region error updates the cache the way it should, the request then
 //! succeeds, and when nothing helps the caller gets one clear error.
 
+mod common;
+
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use concord_common::pd_client::{PdError, PdResult, RegionInfo};
 use concord_proto::errorpb::{self, error::Kind};
-use concord_proto::kvrpcpb::{self, kv_server::Kv, kv_server::KvServer, Context};
+use concord_proto::kvrpcpb::{self, kv_server::Kv, Context};
 use concord_proto::metapb;
 use concord_router::pd::RegionSource;
 use concord_router::retry::{BackoffConfig, RetryReason};
 use concord_router::{Error, Router, RoutingConfig};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
 /// What a scripted store answers to a RawGet.
@@ -227,21 +227,13 @@ async fn setup(leader_store: u64, script: Script) -> Setup {
     let mut stores = HashMap::new();
     let mut calls = HashMap::new();
     for id in [1u64, 2] {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind fake store");
-        let addr: SocketAddr = listener.local_addr().expect("address");
         let counter = Arc::new(AtomicU64::new(0));
-        let store = FakeStore {
+        let addr = common::serve_fake_store(FakeStore {
             id,
             script: script.clone(),
             calls: counter.clone(),
-        };
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(KvServer::new(store))
-                .serve_with_incoming(TcpListenerStream::new(listener)),
-        );
+        })
+        .await;
         stores.insert(id, addr.to_string());
         calls.insert(id, counter);
     }

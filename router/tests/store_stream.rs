@@ -3,7 +3,8 @@
 //! connect reads as "not sent", a stream that breaks under requests in
 //! flight as "may have been applied".
 
-use std::net::SocketAddr;
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,13 +12,12 @@ use std::time::Duration;
 use concord_common::batch_stream::BatchStream;
 use concord_common::kv_batch;
 use concord_proto::kvrpcpb::kv_client::KvClient;
-use concord_proto::kvrpcpb::kv_server::{Kv, KvServer};
+use concord_proto::kvrpcpb::kv_server::Kv;
 use concord_proto::kvrpcpb::*;
 use concord_router::batch_client::StoreClient;
 use concord_router::retry::connect_failed;
 use futures::StreamExt;
 use tokio::sync::Notify;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 type Answered<T> = Result<Response<T>, Status>;
@@ -114,20 +114,12 @@ impl Kv for EchoStore {
 }
 
 async fn start(break_after: usize) -> (StoreClient, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr: SocketAddr = listener.local_addr().expect("address");
     let messages = Arc::new(AtomicUsize::new(0));
-    let store = EchoStore {
+    let addr = common::serve_fake_store(EchoStore {
         messages: messages.clone(),
         break_after,
-    };
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(KvServer::new(store))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
+    })
+    .await;
     (client(&addr.to_string()), messages)
 }
 

@@ -15,6 +15,21 @@ use concord_pd::grpc_client::GrpcPdClient;
 use concord_pd::server::PdServerHandle;
 use concord_proto::kvrpcpb::{self, kv_client::KvClient};
 
+/// Serves `store` (a fake `kvrpcpb.Kv`) on a free port of 127.0.0.1 in
+/// the background; its address.
+pub async fn serve_fake_store<K: kvrpcpb::kv_server::Kv>(store: K) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind fake store");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(kvrpcpb::kv_server::KvServer::new(store))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    addr
+}
+
 /// Store settings for tests: fast ticks so elections take well under a
 /// second.
 const STORE_CONFIG: &str = "[raftstore]\ntick-interval-ms = 50\n";
