@@ -93,15 +93,16 @@ impl KvApi {
         }
     }
 
+    /// The answer on `rx`; `gone` if the peer dropped the request.
     async fn wait<T>(
         &self,
         rx: oneshot::Receiver<Result<T, CmdError>>,
         region_id: u64,
+        gone: CmdError,
     ) -> Result<T, CmdError> {
         match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
             Ok(Ok(result)) => result,
-            // The peer went away with the request.
-            Ok(Err(_)) => Err(CmdError::region_not_found(region_id)),
+            Ok(Err(_)) => Err(gone),
             Err(_) => Err(CmdError::Internal(format!(
                 "timed out after {REQUEST_TIMEOUT:?} waiting for region {region_id}; a write may or may not have been applied"
             ))),
@@ -118,7 +119,8 @@ impl KvApi {
         if self.router.send(ctx.region_id, msg).is_err() {
             return Err(CmdError::region_not_found(ctx.region_id));
         }
-        self.wait(rx, ctx.region_id).await
+        let gone = CmdError::region_not_found(ctx.region_id);
+        self.wait(rx, ctx.region_id, gone).await
     }
 
     /// Proposes `requests` (or an admin command) and waits until applied.
@@ -132,7 +134,9 @@ impl KvApi {
         if self.router.send(region_id, msg).is_err() {
             return Err(CmdError::region_not_found(region_id));
         }
-        self.wait(rx, region_id).await
+        // Once proposed, a command may commit even if this peer goes away.
+        let gone = CmdError::outcome_unknown(region_id, "the peer went away with this command");
+        self.wait(rx, region_id, gone).await
     }
 
     async fn write(&self, ctx: &Context, requests: Vec<Request>) -> Result<CmdResponse, CmdError> {
@@ -364,7 +368,8 @@ impl KvApi {
         if self.pd_tx.send(task).is_err() {
             return Err(CmdError::Internal("the PD worker is stopped".into()));
         }
-        self.wait(rx, ctx.region_id).await.map(|r| r.regions)
+        let gone = CmdError::Internal("the PD worker dropped the split".into());
+        self.wait(rx, ctx.region_id, gone).await.map(|r| r.regions)
     }
 
     /// A checksum of the region's data as this store holds it now.

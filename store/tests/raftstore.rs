@@ -11,7 +11,7 @@ use concord_proto::raft_cmdpb::{
     admin_request, AdminRequest, ChangePeerRequest, ChangePeerV2Request, ConfChangeType,
     RaftCmdRequest, RaftRequestHeader,
 };
-use concord_proto::raft_serverpb::{PeerState, RaftApplyState, RegionLocalState};
+use concord_proto::raft_serverpb::{PeerState, RaftApplyState, RaftLocalState, RegionLocalState};
 use concord_store::engine::{Reader, CF_DEFAULT, CF_RAFT};
 use concord_store::keys;
 use concord_store::raftstore::msg::PeerMsg;
@@ -636,6 +636,73 @@ fn a_write_overwritten_by_a_new_leader_gets_stale_command_and_overload_gets_busy
         "{answer:?}"
     );
     assert_eq!(cluster.must_get(b"k"), Some(b"v1".to_vec()));
+    cluster.shutdown();
+}
+
+fn last_log_index(cluster: &Cluster, store: u64) -> u64 {
+    let engine = &cluster.services(store).engine;
+    engine
+        .get_cf(CF_RAFT, &keys::raft_state_key(FIRST_REGION))
+        .unwrap()
+        .map_or(0, |b| {
+            RaftLocalState::decode(b.as_slice()).unwrap().last_index
+        })
+}
+
+#[test]
+fn a_write_whose_entry_only_a_snapshot_brings_back_is_answered_outcome_unknown() {
+    let cluster = Cluster::new(3, &[1, 2, 3], test_config());
+    let old = cluster.wait_leader(FIRST_REGION);
+    cluster.must_put(b"k", b"v0");
+    let region = cluster.region_on(old, FIRST_REGION).unwrap();
+    let ctx = cluster.context(old, &region);
+    let others: Vec<u64> = (1..=3).filter(|&s| s != old).collect();
+    let before = last_log_index(&cluster, old);
+    // The leader's append goes out but no answer comes back: it cannot
+    // commit the write, yet both followers hold it.
+    cluster.add_filter(Filter::DropTo(old));
+    let maybe = {
+        let api = cluster.api(old);
+        cluster
+            .rt
+            .spawn(async move { api.raw_put(&ctx, b"k", b"maybe", 0).await })
+    };
+    assert!(wait_for(WAIT, || others
+        .iter()
+        .all(|&s| last_log_index(&cluster, s) > before)));
+    cluster.clear_filters();
+    cluster.add_filter(Filter::Isolate(old));
+    // The others elect a leader, which commits the entry along with its
+    // own, and write on until the log is compacted past it.
+    assert_eq!(cluster.must_get(b"k"), Some(b"maybe".to_vec()));
+    let mut i = 0;
+    let mut write_until = |done: &dyn Fn() -> bool| {
+        wait_for(WAIT, || {
+            cluster.must_put(&key(i), &value(i));
+            i += 1;
+            done()
+        })
+    };
+    assert!(write_until(&|| others.iter().all(|&s| {
+        apply_state(&cluster, s, FIRST_REGION)
+            .and_then(|a| a.truncated_state)
+            .is_some_and(|t| t.index > before + 1)
+    })));
+    // Back in touch, the old leader catches up by snapshot, then by new
+    // entries. Its write was applied, but not through its own log: it
+    // cannot tell, and must not say "stale command" (a client would retry
+    // and apply the write twice).
+    cluster.clear_filters();
+    let applied = |s| apply_state(&cluster, s, FIRST_REGION).map_or(0, |a| a.applied_index);
+    assert!(write_until(
+        &|| applied(old) >= others.iter().map(|&s| applied(s)).max().unwrap_or(0)
+    ));
+    let answer = cluster.rt.block_on(maybe).unwrap();
+    assert!(
+        matches!(&answer, Err(CmdError::Internal(m)) if m.contains("a snapshot replaced the log holding this write")),
+        "{answer:?}"
+    );
+    assert_eq!(cluster.must_get(b"k"), Some(b"maybe".to_vec()));
     cluster.shutdown();
 }
 

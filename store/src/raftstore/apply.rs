@@ -185,7 +185,10 @@ impl ApplyWorker {
                     ApplyTask::Destroy { region_id } => {
                         if let Some(d) = self.delegates.remove(&region_id) {
                             for (_, _, cb) in d.callbacks {
-                                let _ = cb.send(Err(CmdError::region_not_found(region_id)));
+                                let _ = cb.send(Err(CmdError::outcome_unknown(
+                                    region_id,
+                                    "the peer was removed before applying this write",
+                                )));
                             }
                         }
                     }
@@ -234,7 +237,10 @@ impl ApplyWorker {
     ) {
         let Some(delegate) = self.delegates.get_mut(&region_id) else {
             for (_, _, cb) in callbacks {
-                let _ = cb.send(Err(CmdError::region_not_found(region_id)));
+                let _ = cb.send(Err(CmdError::outcome_unknown(
+                    region_id,
+                    "the peer was removed before applying this write",
+                )));
             }
             return;
         };
@@ -256,9 +262,18 @@ impl ApplyWorker {
                     break;
                 }
                 let (index, term, cb) = delegate.callbacks.pop_front().expect("front exists");
-                let answer = if index == entry.index && term == entry.term {
+                let answer = if index < entry.index {
+                    // The proposal's entry was never applied here: a
+                    // snapshot from a newer leader covered its index. It
+                    // may be in that snapshot, or may have been dropped.
+                    Err(CmdError::outcome_unknown(
+                        region_id,
+                        "a snapshot replaced the log holding this write",
+                    ))
+                } else if term == entry.term {
                     result.clone()
                 } else {
+                    // Another entry took the index: this one never commits.
                     Err(CmdError::stale_command())
                 };
                 pending.responses.push((cb, answer));

@@ -63,6 +63,15 @@ impl CmdError {
         )
     }
 
+    /// A write whose fate this peer cannot tell: its log entry may have been
+    /// committed by another leader (and so applied everywhere) or dropped.
+    /// Not a region error: retrying it could apply it twice.
+    pub fn outcome_unknown(region_id: u64, why: &str) -> CmdError {
+        CmdError::Internal(format!(
+            "region {region_id}: {why}; the write may or may not have been applied"
+        ))
+    }
+
     /// `ServerIsBusy`.
     pub fn server_is_busy(reason: impl Into<String>, backoff_ms: u64) -> CmdError {
         let reason = reason.into();

@@ -815,9 +815,10 @@ impl Peer {
         ctx.router.close(self.region_id);
         for p in self.proposals.drain(..) {
             ctx.pending_proposals.fetch_sub(1, Ordering::Relaxed);
-            let _ = p
-                .callback
-                .send(Err(CmdError::region_not_found(self.region_id)));
+            let _ = p.callback.send(Err(CmdError::outcome_unknown(
+                self.region_id,
+                "the peer was removed before applying this write",
+            )));
         }
         for r in self.reads.drain(..) {
             let _ = r
@@ -856,6 +857,7 @@ impl Peer {
             {
                 Ok(()) => {
                     snapshot_applied = true;
+                    self.fail_proposals_covered_by(ctx, rd.snapshot().get_metadata().index);
                     info!(
                         region_id = self.region_id,
                         index = rd.snapshot().get_metadata().index,
@@ -940,12 +942,13 @@ impl Peer {
         // A lease belongs to one term of leadership.
         self.lease_until = None;
         self.read_rounds.clear();
+        let mut stepped_down = false;
         {
             let mut meta = ctx.meta.lock();
             if leader {
                 meta.leaders.insert(self.region_id);
             } else {
-                meta.leaders.remove(&self.region_id);
+                stepped_down = meta.leaders.remove(&self.region_id);
                 meta.log_lag.remove(&self.region_id);
             }
         }
@@ -958,11 +961,33 @@ impl Peer {
             self.heartbeat_pd(ctx);
         } else {
             let hint = self.leader();
+            if stepped_down {
+                info!(
+                    region_id = self.region_id,
+                    term = self.raft.raft.term,
+                    leader = hint.map_or(0, |p| p.store_id),
+                    "stepped down"
+                );
+            }
             for r in self.reads.drain(..) {
                 let _ = r
                     .callback
                     .send(Err(CmdError::not_leader(self.region_id, hint)));
             }
+        }
+    }
+
+    /// Answers the proposals up to `index`, which a snapshot from a newer
+    /// leader now covers: each may be in that snapshot or may have been
+    /// dropped, and this peer cannot tell which.
+    fn fail_proposals_covered_by(&mut self, ctx: &PollContext, index: u64) {
+        while self.proposals.front().is_some_and(|p| p.index <= index) {
+            let p = self.proposals.pop_front().expect("front exists");
+            ctx.pending_proposals.fetch_sub(1, Ordering::Relaxed);
+            let _ = p.callback.send(Err(CmdError::outcome_unknown(
+                self.region_id,
+                "a snapshot replaced the log holding this write",
+            )));
         }
     }
 

@@ -33,6 +33,8 @@ pub enum Filter {
     Isolate(u64),
     /// Messages between the two sides are dropped.
     Partition(Vec<u64>, Vec<u64>),
+    /// Messages to this store are dropped; its own messages go out.
+    DropTo(u64),
     /// Messages to or from this store arrive this much later.
     Delay(u64, Duration),
 }
@@ -44,6 +46,7 @@ impl Filter {
             Filter::Partition(a, b) => {
                 (a.contains(&from) && b.contains(&to)) || (b.contains(&from) && a.contains(&to))
             }
+            Filter::DropTo(s) => to == *s,
             Filter::Delay(..) => false,
         }
     }
