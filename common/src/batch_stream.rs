@@ -22,8 +22,9 @@ pub type BatchStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 /// How a server serves its `BatchCommands` streams.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    /// Most requests of one stream being handled at once; beyond it the
-    /// stream is not read, so HTTP/2 flow control pushes back on the sender.
+    /// Most requests of one stream being handled or answered but not yet
+    /// sent back; beyond it the stream is not read, so HTTP/2 flow control
+    /// pushes back on the sender.
     pub max_in_flight: usize,
     /// Turns true when the server shuts down: every stream stops reading
     /// requests, answers those it has and ends, so a graceful shutdown does
@@ -40,15 +41,13 @@ impl Default for ServeOptions {
     }
 }
 
-/// Completes once `shutdown` turns true (never for `None` or a dropped
-/// sender).
+/// Completes once `shutdown` turns true or its sender is gone, as the
+/// server's own shutdown does (never for `None`).
 async fn shutting_down(shutdown: Option<watch::Receiver<bool>>) {
-    if let Some(mut rx) = shutdown {
-        if rx.wait_for(|stop| *stop).await.is_ok() {
-            return;
-        }
+    match shutdown {
+        Some(rx) => crate::grpc::stopped(rx).await,
+        None => std::future::pending().await,
     }
-    std::future::pending().await
 }
 
 /// Most requests or answers packed into one stream message.
@@ -247,13 +246,15 @@ where
                             "a batched request without a command",
                         )),
                     };
-                    let _ = tx.send((id, answer));
-                    drop(permit);
+                    // The permit travels with the answer until it is
+                    // packed: a client that does not read its answers
+                    // stops the reading of its requests.
+                    let _ = tx.send((id, answer, permit));
                 });
             }
         }
     });
-    let answer_len = |(_, answer): &(u64, _)| S::Envelope::answer_len(answer);
+    let answer_len = |(_, answer, _): &(u64, _, _)| S::Envelope::answer_len(answer);
     Box::pin(futures::stream::unfold(
         (rx, None),
         move |(mut rx, carried)| async move {
@@ -262,7 +263,13 @@ where
                 None => rx.recv().await?,
             };
             let (answers, carry) = gather(first, || rx.try_recv().ok(), answer_len);
-            Some((Ok(S::Envelope::pack_answers(answers)), (rx, carry)))
+            let answers = answers
+                .into_iter()
+                .map(|(id, answer, _permit)| (id, answer));
+            Some((
+                Ok(S::Envelope::pack_answers(answers.collect())),
+                (rx, carry),
+            ))
         },
     ))
 }

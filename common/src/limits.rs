@@ -13,6 +13,9 @@ type Result<T> = std::result::Result<T, InvalidInput>;
 pub const DEFAULT_MAX_KEY_SIZE: usize = 8 << 10;
 /// Largest value accepted by default (8 MiB).
 pub const DEFAULT_MAX_VALUE_SIZE: usize = 8 << 20;
+/// Largest request message a store decodes (64 MiB): a batch put over it
+/// is refused whole.
+pub const MAX_STORE_REQUEST_SIZE: usize = 64 << 20;
 
 /// Size limits applied to requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -51,6 +51,10 @@ pub trait Batching: Send + 'static {
     /// The protocol's messages.
     type Envelope: Envelope;
 
+    /// Largest request the server decodes. A bigger one is refused here:
+    /// sent, it would break the stream under every other request on it.
+    const MAX_REQUEST_SIZE: usize;
+
     /// Opens a stream sending `requests`.
     fn open(
         &mut self,
@@ -107,6 +111,13 @@ impl<B: Batching> BatchClient<B> {
     }
 
     async fn call(&self, cmd: Cmd<B>) -> Result<Answer<B>, Status> {
+        let size = B::Envelope::cmd_len(&cmd);
+        if size > B::MAX_REQUEST_SIZE {
+            return Err(Status::invalid_argument(format!(
+                "a request of {size} bytes is over the server's limit of {} bytes",
+                B::MAX_REQUEST_SIZE
+            )));
+        }
         let (reply, answer) = oneshot::channel();
         self.calls
             .send(Call { cmd, reply })
@@ -147,10 +158,14 @@ impl<B: Batching> Stream<B> {
     fn send(mut self, batch: Vec<Call<B>>, next_id: &mut u64) -> Option<Stream<B>> {
         let mut requests = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
-        for call in batch {
+        // Callers that gave up (timed out) are not sent for.
+        for call in batch.into_iter().filter(|c| !c.reply.is_closed()) {
             *next_id += 1;
             requests.push((*next_id, call.cmd));
             replies.push((*next_id, call.reply));
+        }
+        if requests.is_empty() {
+            return Some(self);
         }
         if self
             .requests
@@ -265,6 +280,7 @@ pub type StoreClient = BatchClient<KvClient<Channel>>;
 
 impl Batching for KvClient<Channel> {
     type Envelope = KvEnvelope;
+    const MAX_REQUEST_SIZE: usize = concord_common::limits::MAX_STORE_REQUEST_SIZE;
 
     async fn open(
         &mut self,
@@ -291,6 +307,7 @@ pub type RouterClient = BatchClient<RawKvClient<Channel>>;
 
 impl Batching for RawKvClient<Channel> {
     type Envelope = RouterEnvelope;
+    const MAX_REQUEST_SIZE: usize = crate::store_conn::MAX_MESSAGE_SIZE;
 
     /// The router's own errors are final for its clients, transport
     /// failures are not; see [`crate::Error::from_router_status`].

@@ -169,6 +169,23 @@ async fn a_failed_request_keeps_its_status_and_the_stream_goes_on() {
 }
 
 #[tokio::test]
+async fn a_request_over_the_stores_limit_is_refused_before_sending() {
+    let (store, messages) = start(usize::MAX).await;
+    let huge = RawPutRequest {
+        key: b"k".to_vec(),
+        value: vec![0; concord_common::limits::MAX_STORE_REQUEST_SIZE],
+        ..Default::default()
+    };
+    let refused = store.raw_put(huge).await.expect_err("too big");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert_eq!(messages.load(Ordering::SeqCst), 0, "nothing sent");
+    assert_eq!(
+        store.raw_get(get(b"k")).await.expect("stream fine").value,
+        b"k"
+    );
+}
+
+#[tokio::test]
 async fn a_store_nobody_listens_on_fails_as_not_sent() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

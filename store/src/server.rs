@@ -247,7 +247,7 @@ pub async fn run(
         ..ServeOptions::default()
     };
     let kv = KvServer::new(KvService::new(KvApi::new(&services), batching))
-        .max_decoding_message_size(64 << 20)
+        .max_decoding_message_size(concord_common::limits::MAX_STORE_REQUEST_SIZE)
         .max_encoding_message_size(usize::MAX);
     let raft = RaftServer::new(RaftService::new(services)).max_decoding_message_size(usize::MAX);
     let mut server = tokio::spawn(

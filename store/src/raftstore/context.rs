@@ -157,7 +157,8 @@ impl PollContext {
         self.outbox.entry(store).or_default().push(msg);
     }
 
-    /// Queues a snapshot message, sent on its own after the round's write.
+    /// Queues a snapshot message, sent on its own stream with the round's
+    /// other messages.
     pub fn send_snapshot(&mut self, msg: RaftMessage) {
         self.snapshots.push(msg);
     }

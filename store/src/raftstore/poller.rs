@@ -2,8 +2,10 @@
 //!
 //! A poller takes up to `max_batch_regions` scheduled peers from the ready
 //! queue, runs their messages, collects their raft `Ready`s into ONE write
-//! batch, writes it with ONE fsync (group commit), and only then sends their
-//! messages and hands committed entries to the apply pool.
+//! batch, sends what may leave before the write (leaders' appends), writes
+//! the batch with ONE fsync (group commit), then sends the messages that
+//! needed it (votes, append answers) and hands committed entries to the
+//! apply pool.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
