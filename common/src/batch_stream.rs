@@ -10,6 +10,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use concord_proto::{kvrpcpb, routerpb};
 use futures::{Stream, StreamExt};
@@ -26,9 +27,11 @@ pub struct ServeOptions {
     /// sent back; beyond it the stream is not read, so HTTP/2 flow control
     /// pushes back on the sender.
     pub max_in_flight: usize,
-    /// Turns true when the server shuts down: every stream stops reading
-    /// requests, answers those it has and ends, so a graceful shutdown does
-    /// not wait for clients to hang up. `None`: never.
+    /// Turns true when the server shuts down: every stream answers the
+    /// requests it has, refuses new ones unexecuted
+    /// ([`REFUSED_SHUTTING_DOWN`]) for a moment, then ends, so a graceful
+    /// shutdown neither waits for clients to hang up nor leaves a write's
+    /// fate unknown. `None`: never.
     pub shutdown: Option<watch::Receiver<bool>>,
 }
 
@@ -49,6 +52,14 @@ async fn shutting_down(shutdown: Option<watch::Receiver<bool>>) {
         None => std::future::pending().await,
     }
 }
+
+/// The status message of a request a shutting-down server refused without
+/// executing it: the client may send it elsewhere.
+pub const REFUSED_SHUTTING_DOWN: &str = "the server is shutting down; the request was not executed";
+
+/// How long a shutting-down server keeps reading (and refusing) requests
+/// before it stops reading its streams.
+const REFUSE_AFTER_SHUTDOWN: Duration = Duration::from_secs(1);
 
 /// Most requests or answers packed into one stream message.
 const MAX_ITEMS_PER_MESSAGE: usize = 512;
@@ -223,21 +234,36 @@ where
     let shutdown = shutting_down(options.shutdown.clone());
     tokio::spawn(async move {
         tokio::pin!(shutdown);
-        // A broken incoming stream or a shutdown ends the reading; requests
-        // already running still answer (into the void if the client is
-        // gone).
+        // After a shutdown, requests still arriving are refused unexecuted
+        // for a short while (the client, seeing the refusal, stops sending
+        // and retries elsewhere); then reading stops. Requests already
+        // running still answer (into the void if the client is gone).
+        let mut refusing_until: Option<tokio::time::Instant> = None;
         loop {
-            let message = tokio::select! {
-                next = incoming.next() => match next {
-                    Some(Ok(message)) => message,
-                    _ => return,
+            let next = match refusing_until {
+                Some(deadline) => tokio::time::timeout_at(deadline, incoming.next())
+                    .await
+                    .unwrap_or(None),
+                None => tokio::select! {
+                    next = incoming.next() => next,
+                    () = &mut shutdown => {
+                        refusing_until = Some(tokio::time::Instant::now() + REFUSE_AFTER_SHUTDOWN);
+                        continue;
+                    }
                 },
-                () = &mut shutdown => return,
+            };
+            let Some(Ok(message)) = next else {
+                return;
             };
             for (id, cmd) in S::Envelope::unpack_requests(message) {
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     return;
                 };
+                if refusing_until.is_some() {
+                    let refused = Status::unavailable(REFUSED_SHUTTING_DOWN);
+                    let _ = tx.send((id, Err(refused), permit));
+                    continue;
+                }
                 let (service, tx) = (service.clone(), tx.clone());
                 tokio::spawn(async move {
                     let answer = match cmd {
@@ -313,7 +339,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn answers_come_back_by_id_and_a_shutdown_ends_the_stream() {
+    async fn answers_come_back_by_id_and_after_a_shutdown_new_requests_are_refused() {
         let (requests, incoming) = mpsc::unbounded_channel();
         let (stop, shutdown) = watch::channel(false);
         let options = ServeOptions {
@@ -334,8 +360,30 @@ mod tests {
             };
             assert_eq!(r.value, key.as_bytes());
         }
-        // The client keeps its side open; a shutdown still ends the stream
-        // once what was read has been answered.
+        // After a shutdown new requests are refused unexecuted, and the
+        // stream ends once the client stops sending.
+        stop.send(true).expect("signal");
+        tokio::task::yield_now().await;
+        requests.send(Ok(gets(&["d"]))).expect("send");
+        let message = answers.next().await.expect("answer").expect("ok");
+        let refused = KvEnvelope::unpack_answers(message);
+        assert!(
+            matches!(&refused[..], [(0, Err(s))] if s.message() == REFUSED_SHUTTING_DOWN),
+            "{refused:?}"
+        );
+        drop(requests);
+        assert!(answers.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn after_a_shutdown_a_stream_ends_even_if_the_client_keeps_it_open() {
+        let (requests, incoming) = mpsc::unbounded_channel();
+        let (stop, shutdown) = watch::channel(false);
+        let options = ServeOptions {
+            shutdown: Some(shutdown),
+            ..ServeOptions::default()
+        };
+        let mut answers = serve(Echo, UnboundedReceiverStream::new(incoming), &options);
         stop.send(true).expect("signal");
         assert!(answers.next().await.is_none());
         drop(requests);

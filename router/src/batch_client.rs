@@ -6,17 +6,20 @@
 //! trailers) per request. [`StoreClient`] talks to a store, [`RouterClient`]
 //! to a router.
 //!
-//! A failure to open the stream, or a request that never reached it, fails
-//! with a status [`crate::retry::connect_failed`] recognizes (the request was
-//! not sent); requests in flight when the stream breaks fail as
-//! `Unavailable`: they may have been applied.
+//! A failure to open the stream, a request that never reached it, or one a
+//! shutting-down server refused unexecuted fails with a status
+//! [`crate::retry::connect_failed`] recognizes (the request was not sent);
+//! requests in flight when the stream breaks fail as `Unavailable`: they
+//! may have been applied.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
-use concord_common::batch_stream::{gather, Envelope, KvEnvelope, RouterEnvelope};
+use concord_common::batch_stream::{
+    gather, Envelope, KvEnvelope, RouterEnvelope, REFUSED_SHUTTING_DOWN,
+};
 use concord_proto::kvrpcpb::{self, kv_client::KvClient};
 use concord_proto::routerpb::{self, raw_kv_client::RawKvClient};
 use tokio::sync::{mpsc, oneshot};
@@ -131,7 +134,10 @@ impl<B: Batching> BatchClient<B> {
 
 /// An open stream and the requests sent on it that wait for answers.
 struct Stream<B: Batching> {
-    requests: mpsc::UnboundedSender<Requests<B>>,
+    /// `None` once the server refused a request because it is shutting
+    /// down: nothing more is sent (the stream is half-closed) while the
+    /// answers still due come in.
+    requests: Option<mpsc::UnboundedSender<Requests<B>>>,
     answers: Streaming<Answers<B>>,
     pending: HashMap<u64, Reply<B>>,
 }
@@ -141,7 +147,7 @@ impl<B: Batching> Stream<B> {
         let (requests, rx) = mpsc::unbounded_channel();
         let answers = service.open(UnboundedReceiverStream::new(rx)).await?;
         Ok(Stream {
-            requests,
+            requests: Some(requests),
             answers,
             pending: HashMap::new(),
         })
@@ -167,11 +173,11 @@ impl<B: Batching> Stream<B> {
         if requests.is_empty() {
             return Some(self);
         }
-        if self
+        let sent = self
             .requests
-            .send(B::Envelope::pack_requests(requests))
-            .is_err()
-        {
+            .as_ref()
+            .is_some_and(|tx| tx.send(B::Envelope::pack_requests(requests)).is_ok());
+        if !sent {
             // The transport dropped the stream's sending half: this message
             // cannot have gone out, the earlier ones may have.
             for (_, reply) in replies {
@@ -200,6 +206,11 @@ async fn drive<B: Batching>(mut service: B, mut calls: mpsc::Receiver<Call<B>>) 
     let mut carried: Option<Call<B>> = None;
     loop {
         let event = match (carried.take(), stream.as_mut()) {
+            // Closing: only the answers still due, then a new stream.
+            (carried_call, Some(s)) if s.requests.is_none() => {
+                carried = carried_call;
+                Event::Answers(s.answers.message().await)
+            }
             (Some(call), _) => Event::Call(Some(call)),
             (None, Some(s)) => tokio::select! {
                 call = calls.recv() => Event::Call(call),
@@ -220,9 +231,12 @@ async fn drive<B: Batching>(mut service: B, mut calls: mpsc::Receiver<Call<B>>) 
                     Some(s) => s,
                     None => match Stream::open(&mut service).await {
                         Ok(s) => s,
-                        Err(status) => {
-                            // Nothing went out; a connection failure keeps
-                            // its source, so callers can tell.
+                        Err(mut status) => {
+                            // Requests go out only on an open stream:
+                            // nothing was sent, whatever the failure.
+                            status.set_source(Arc::new(NotSent(
+                                "the stream could not be opened".into(),
+                            )));
                             for call in batch {
                                 let _ = call.reply.send(Err(status.clone()));
                             }
@@ -235,9 +249,17 @@ async fn drive<B: Batching>(mut service: B, mut calls: mpsc::Receiver<Call<B>>) 
             Event::Answers(Ok(Some(message))) => {
                 if let Some(s) = stream.as_mut() {
                     for (id, answer) in B::Envelope::unpack_answers(message) {
-                        if let Some(reply) = s.pending.remove(&id) {
-                            let _ = reply.send(answer.map_err(B::answered));
-                        }
+                        let Some(reply) = s.pending.remove(&id) else {
+                            continue;
+                        };
+                        let answer = match answer {
+                            Err(status) if status.message() == REFUSED_SHUTTING_DOWN => {
+                                s.requests = None;
+                                Err(not_sent("the server is shutting down"))
+                            }
+                            other => other.map_err(B::answered),
+                        };
+                        let _ = reply.send(answer);
                     }
                 }
             }
