@@ -338,15 +338,28 @@ mod tests {
         KvEnvelope::pack_requests(requests.collect())
     }
 
-    #[tokio::test]
-    async fn answers_come_back_by_id_and_after_a_shutdown_new_requests_are_refused() {
+    type Requests = mpsc::UnboundedSender<Result<kvrpcpb::BatchCommandsRequest, Status>>;
+
+    /// `Echo` serving one stream: the client's sending side, the server's
+    /// shutdown switch and the answers.
+    fn serve_echo() -> (
+        Requests,
+        watch::Sender<bool>,
+        BatchStream<kvrpcpb::BatchCommandsResponse>,
+    ) {
         let (requests, incoming) = mpsc::unbounded_channel();
         let (stop, shutdown) = watch::channel(false);
         let options = ServeOptions {
             shutdown: Some(shutdown),
             ..ServeOptions::default()
         };
-        let mut answers = serve(Echo, UnboundedReceiverStream::new(incoming), &options);
+        let answers = serve(Echo, UnboundedReceiverStream::new(incoming), &options);
+        (requests, stop, answers)
+    }
+
+    #[tokio::test]
+    async fn answers_come_back_by_id_and_after_a_shutdown_new_requests_are_refused() {
+        let (requests, stop, mut answers) = serve_echo();
         requests.send(Ok(gets(&["a", "b", "c"]))).expect("send");
         let mut got = Vec::new();
         while got.len() < 3 {
@@ -377,13 +390,7 @@ mod tests {
 
     #[tokio::test]
     async fn after_a_shutdown_a_stream_ends_even_if_the_client_keeps_it_open() {
-        let (requests, incoming) = mpsc::unbounded_channel();
-        let (stop, shutdown) = watch::channel(false);
-        let options = ServeOptions {
-            shutdown: Some(shutdown),
-            ..ServeOptions::default()
-        };
-        let mut answers = serve(Echo, UnboundedReceiverStream::new(incoming), &options);
+        let (requests, stop, mut answers) = serve_echo();
         stop.send(true).expect("signal");
         assert!(answers.next().await.is_none());
         drop(requests);

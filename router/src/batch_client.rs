@@ -44,7 +44,14 @@ impl std::error::Error for NotSent {}
 
 /// A status saying the request was not sent, for `reason`.
 fn not_sent(reason: &str) -> Status {
-    let mut status = Status::unavailable(format!("request not sent: {reason}"));
+    marked_not_sent(
+        Status::unavailable(format!("request not sent: {reason}")),
+        reason,
+    )
+}
+
+/// `status`, marked (by its source) as failing a request that was not sent.
+fn marked_not_sent(mut status: Status, reason: &str) -> Status {
     status.set_source(Arc::new(NotSent(reason.to_string())));
     status
 }
@@ -231,12 +238,10 @@ async fn drive<B: Batching>(mut service: B, mut calls: mpsc::Receiver<Call<B>>) 
                     Some(s) => s,
                     None => match Stream::open(&mut service).await {
                         Ok(s) => s,
-                        Err(mut status) => {
+                        Err(status) => {
                             // Requests go out only on an open stream:
                             // nothing was sent, whatever the failure.
-                            status.set_source(Arc::new(NotSent(
-                                "the stream could not be opened".into(),
-                            )));
+                            let status = marked_not_sent(status, "the stream could not be opened");
                             for call in batch {
                                 let _ = call.reply.send(Err(status.clone()));
                             }

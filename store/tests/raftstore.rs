@@ -602,12 +602,7 @@ fn a_write_overwritten_by_a_new_leader_gets_stale_command_and_overload_gets_busy
     let ctx = cluster.context(old, &region);
     cluster.add_filter(Filter::Isolate(old));
     // Proposed on the cut-off leader: it can never commit there.
-    let doomed = {
-        let api = cluster.api(old);
-        cluster
-            .rt
-            .spawn(async move { api.raw_put(&ctx, b"k", b"lost", 0).await })
-    };
+    let doomed = cluster.spawn_put(old, ctx, b"k", b"lost");
     assert!(wait_for(WAIT, || cluster
         .services(old)
         .pending_proposals
@@ -661,12 +656,7 @@ fn a_write_whose_entry_only_a_snapshot_brings_back_is_answered_outcome_unknown()
     // The leader's append goes out but no answer comes back: it cannot
     // commit the write, yet both followers hold it.
     cluster.add_filter(Filter::DropTo(old));
-    let maybe = {
-        let api = cluster.api(old);
-        cluster
-            .rt
-            .spawn(async move { api.raw_put(&ctx, b"k", b"maybe", 0).await })
-    };
+    let maybe = cluster.spawn_put(old, ctx, b"k", b"maybe");
     assert!(wait_for(WAIT, || others
         .iter()
         .all(|&s| last_log_index(&cluster, s) > before)));

@@ -185,10 +185,8 @@ impl ApplyWorker {
                     ApplyTask::Destroy { region_id } => {
                         if let Some(d) = self.delegates.remove(&region_id) {
                             for (_, _, cb) in d.callbacks {
-                                let _ = cb.send(Err(CmdError::outcome_unknown(
-                                    region_id,
-                                    "the peer was removed before applying this write",
-                                )));
+                                let _ =
+                                    cb.send(Err(CmdError::peer_removed_before_apply(region_id)));
                             }
                         }
                     }
@@ -237,10 +235,7 @@ impl ApplyWorker {
     ) {
         let Some(delegate) = self.delegates.get_mut(&region_id) else {
             for (_, _, cb) in callbacks {
-                let _ = cb.send(Err(CmdError::outcome_unknown(
-                    region_id,
-                    "the peer was removed before applying this write",
-                )));
+                let _ = cb.send(Err(CmdError::peer_removed_before_apply(region_id)));
             }
             return;
         };
@@ -266,10 +261,7 @@ impl ApplyWorker {
                     // The proposal's entry was never applied here: a
                     // snapshot from a newer leader covered its index. It
                     // may be in that snapshot, or may have been dropped.
-                    Err(CmdError::outcome_unknown(
-                        region_id,
-                        "a snapshot replaced the log holding this write",
-                    ))
+                    Err(CmdError::covered_by_snapshot(region_id))
                 } else if term == entry.term {
                     result.clone()
                 } else {

@@ -72,6 +72,18 @@ impl CmdError {
         ))
     }
 
+    /// [`CmdError::outcome_unknown`] for a write whose peer was removed
+    /// before applying it.
+    pub fn peer_removed_before_apply(region_id: u64) -> CmdError {
+        CmdError::outcome_unknown(region_id, "the peer was removed before applying this write")
+    }
+
+    /// [`CmdError::outcome_unknown`] for a write whose log index a snapshot
+    /// from a newer leader covered.
+    pub fn covered_by_snapshot(region_id: u64) -> CmdError {
+        CmdError::outcome_unknown(region_id, "a snapshot replaced the log holding this write")
+    }
+
     /// `ServerIsBusy`.
     pub fn server_is_busy(reason: impl Into<String>, backoff_ms: u64) -> CmdError {
         let reason = reason.into();

@@ -813,13 +813,7 @@ impl Peer {
         write_region_state(wb, &tombstone, PeerState::Tombstone);
         ctx.meta.lock().remove(self.region_id);
         ctx.router.close(self.region_id);
-        for p in self.proposals.drain(..) {
-            ctx.pending_proposals.fetch_sub(1, Ordering::Relaxed);
-            let _ = p.callback.send(Err(CmdError::outcome_unknown(
-                self.region_id,
-                "the peer was removed before applying this write",
-            )));
-        }
+        self.fail_proposals_up_to(ctx, u64::MAX, CmdError::peer_removed_before_apply);
         for r in self.reads.drain(..) {
             let _ = r
                 .callback
@@ -857,7 +851,10 @@ impl Peer {
             {
                 Ok(()) => {
                     snapshot_applied = true;
-                    self.fail_proposals_covered_by(ctx, rd.snapshot().get_metadata().index);
+                    // Each proposal the snapshot covers may be in it or
+                    // may have been dropped: this peer cannot tell.
+                    let index = rd.snapshot().get_metadata().index;
+                    self.fail_proposals_up_to(ctx, index, CmdError::covered_by_snapshot);
                     info!(
                         region_id = self.region_id,
                         index = rd.snapshot().get_metadata().index,
@@ -977,17 +974,13 @@ impl Peer {
         }
     }
 
-    /// Answers the proposals up to `index`, which a snapshot from a newer
-    /// leader now covers: each may be in that snapshot or may have been
-    /// dropped, and this peer cannot tell which.
-    fn fail_proposals_covered_by(&mut self, ctx: &PollContext, index: u64) {
+    /// Answers the proposals with a log index up to `index` with
+    /// `error(region_id)`.
+    fn fail_proposals_up_to(&mut self, ctx: &PollContext, index: u64, error: fn(u64) -> CmdError) {
         while self.proposals.front().is_some_and(|p| p.index <= index) {
             let p = self.proposals.pop_front().expect("front exists");
             ctx.pending_proposals.fetch_sub(1, Ordering::Relaxed);
-            let _ = p.callback.send(Err(CmdError::outcome_unknown(
-                self.region_id,
-                "a snapshot replaced the log holding this write",
-            )));
+            let _ = p.callback.send(Err(error(self.region_id)));
         }
     }
 

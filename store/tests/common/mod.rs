@@ -348,6 +348,20 @@ impl Cluster {
         }
     }
 
+    /// Starts a put of `key` = `value` on `store` with `ctx` and does not
+    /// wait for it (the caller awaits the handle).
+    pub fn spawn_put(
+        &self,
+        store: u64,
+        ctx: Context,
+        key: &'static [u8],
+        value: &'static [u8],
+    ) -> tokio::task::JoinHandle<Result<(), CmdError>> {
+        let api = self.api(store);
+        self.rt
+            .spawn(async move { api.raw_put(&ctx, key, value, 0).await })
+    }
+
     pub fn must_put(&self, key: &[u8], value: &[u8]) {
         let (k, v) = (key.to_vec(), value.to_vec());
         self.with_leader(key, Duration::from_secs(20), |api, ctx| {
