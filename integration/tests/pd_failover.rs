@@ -105,16 +105,25 @@ async fn killing_the_pd_leader_disturbs_no_client() {
             "lost {key:?}"
         );
     }
-    // Stores keep heartbeating to the new leader: a split still reaches PD.
-    let region = raw.pd.get_region(b"w2").await.unwrap().region;
-    let leader_store = raw
-        .pd
-        .get_region(b"w2")
-        .await
-        .unwrap()
-        .leader
-        .unwrap()
-        .store_id;
+    // Stores keep heartbeating to the new leader: it learns the region's
+    // leader from them (not at once: from the next heartbeat), and a split
+    // still reaches PD.
+    assert!(
+        wait_for(Duration::from_secs(90), || {
+            let raw = raw.clone();
+            async move {
+                raw.pd
+                    .get_region(b"w2")
+                    .await
+                    .is_ok_and(|r| r.leader.is_some())
+            }
+        })
+        .await,
+        "the new PD leader never learned the region's leader"
+    );
+    let info = raw.pd.get_region(b"w2").await.unwrap();
+    let region = info.region;
+    let leader_store = info.leader.unwrap().store_id;
     let store_addr = raw.pd.get_store(leader_store).await.unwrap().address;
     let mut kv = raw.store_client(&store_addr).await.unwrap();
     kv.split_region(concord_proto::kvrpcpb::SplitRegionRequest {
