@@ -2,7 +2,7 @@
 //! driver, behind a trait so that store tests can use an in-process mock.
 
 use concord_proto::{metapb, pdpb};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// What can go wrong talking to PD.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +66,12 @@ pub trait PdClient: Send + Sync + 'static {
     /// The stream of PD's answers to region heartbeats. Each call replaces
     /// the previous receiver.
     fn heartbeat_responses(&self) -> mpsc::Receiver<pdpb::RegionHeartbeatResponse>;
+    /// How many times the region heartbeat stream has opened. It changes
+    /// when the stream reopens (to a new PD leader, or after it broke):
+    /// heartbeats sent while it was down are lost, and a new PD leader knows
+    /// no region's leader until told, so a store then reports its leaders
+    /// again.
+    fn heartbeat_stream_opens(&self) -> watch::Receiver<u64>;
     /// The region containing `key`.
     async fn get_region(&self, key: &[u8]) -> PdResult<RegionInfo>;
     /// The region with this id, if PD knows it.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use concord_proto::pdpb::pd_client::PdClient as PdGrpc;
 use concord_proto::{metapb, pdpb};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -55,6 +55,8 @@ struct Shared {
     addrs: Vec<String>,
     conn: tokio::sync::Mutex<Option<Conn>>,
     responses: parking_lot::Mutex<mpsc::Sender<pdpb::RegionHeartbeatResponse>>,
+    /// Openings of the region heartbeat stream.
+    heartbeat_stream_opens: watch::Sender<u64>,
 }
 
 /// Whether a gRPC status means the connection (not the request) failed.
@@ -273,6 +275,7 @@ async fn heartbeat_loop(
             }
         };
         backoff = MIN_BACKOFF;
+        shared.heartbeat_stream_opens.send_modify(|n| *n += 1);
         loop {
             tokio::select! {
                 req = queue.recv() => match req {
@@ -488,6 +491,7 @@ impl GrpcPdClient {
             addrs: addrs.to_vec(),
             conn: tokio::sync::Mutex::new(None),
             responses: parking_lot::Mutex::new(responses),
+            heartbeat_stream_opens: watch::Sender::new(0),
         });
         shared.conn().await?;
         let (heartbeats, hb_queue) = mpsc::channel(QUEUE_CAPACITY);
@@ -664,6 +668,10 @@ impl PdClient for GrpcPdClient {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         *self.shared.responses.lock() = tx;
         rx
+    }
+
+    fn heartbeat_stream_opens(&self) -> watch::Receiver<u64> {
+        self.shared.heartbeat_stream_opens.subscribe()
     }
 
     async fn get_region(&self, key: &[u8]) -> PdResult<RegionInfo> {

@@ -274,14 +274,10 @@ fn child_dir() -> Option<std::path::PathBuf> {
     std::env::var_os("CONCORD_TEST_ENGINE_DIR").map(Into::into)
 }
 
-/// Child process: writes keys one synced batch at a time and prints each key
-/// once its write has returned, forever, until the parent kills it.
-#[test]
-#[ignore = "helper process of synced_writes_survive_sigkill"]
-fn child_writes_synced_forever() {
-    let Some(dir) = child_dir() else { return };
-    let engine = open(&dir);
-    for i in 0u64.. {
+/// Writes keys from `first` on, one synced batch at a time, and prints each
+/// key once its write has returned, until the parent kills the process.
+fn write_synced_forever(engine: &Engine, first: u64) {
+    for i in first.. {
         let mut wb = engine.write_batch();
         wb.put_cf(CF_DEFAULT, &i.to_be_bytes(), &i.to_le_bytes())
             .unwrap();
@@ -291,22 +287,24 @@ fn child_writes_synced_forever() {
     }
 }
 
-#[test]
-fn synced_writes_survive_sigkill() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = spawn_child("child_writes_synced_forever", dir.path());
+/// Kills the child test `name` (SIGKILL) once it acknowledged 300 writes and
+/// returns every key it acknowledged.
+fn acked_before_sigkill(name: &str, dir: &Path) -> Vec<u64> {
+    let mut child = spawn_child(name, dir);
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut acked = Vec::new();
     while acked.len() < 300 {
         let line = lines.next().expect("child stopped early").unwrap();
         acked.extend(ack(&line));
     }
-    child.kill().unwrap(); // SIGKILL
+    child.kill().unwrap();
     child.wait().unwrap();
     // Whatever the child printed before it died was acknowledged too.
     acked.extend(lines.map_while(Result::ok).filter_map(|l| ack(&l)));
+    acked
+}
 
-    let engine = open(dir.path());
+fn assert_all_present(engine: &Engine, acked: &[u64]) {
     for i in acked {
         assert_eq!(
             engine.get_cf(CF_DEFAULT, &i.to_be_bytes()).unwrap(),
@@ -315,6 +313,77 @@ fn synced_writes_survive_sigkill() {
         );
         assert!(engine.get_cf(CF_RAFT, &i.to_be_bytes()).unwrap().is_some());
     }
+}
+
+/// Child process: synced writes from a fresh engine until killed.
+#[test]
+#[ignore = "helper process of synced_writes_survive_sigkill"]
+fn child_writes_synced_forever() {
+    let Some(dir) = child_dir() else { return };
+    write_synced_forever(&open(&dir), 0);
+}
+
+#[test]
+fn synced_writes_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let acked = acked_before_sigkill("child_writes_synced_forever", dir.path());
+    assert_all_present(&open(dir.path()), &acked);
+}
+
+/// Bytes the recycled-WAL child writes before its first flush.
+const OLD_WAL_BYTES: u64 = 4 << 20;
+
+/// The length of the engine's newest WAL file in `dir`.
+fn current_wal_len(dir: &Path) -> u64 {
+    let newest = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .max_by_key(|p| {
+            p.file_stem()
+                .unwrap()
+                .to_string_lossy()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .expect("a WAL file");
+    std::fs::metadata(newest).unwrap().len()
+}
+
+/// Child process: fills a WAL and flushes until the engine writes into that
+/// WAL again, recycled (its tail still holds the old records), then writes
+/// synced until killed.
+#[test]
+#[ignore = "helper process of synced_writes_into_a_recycled_wal_survive_sigkill"]
+fn child_writes_synced_into_a_recycled_wal() {
+    let Some(dir) = child_dir() else { return };
+    let engine = open(&dir);
+    let filler = vec![7u8; 64 << 10];
+    for i in 0..OLD_WAL_BYTES / filler.len() as u64 {
+        let mut wb = engine.write_batch();
+        wb.put_cf(CF_WRITE, &i.to_be_bytes(), &filler).unwrap();
+        engine.write(wb, true).unwrap();
+    }
+    // Each flush moves to a new WAL; once the first is obsolete, the next
+    // switch reuses it.
+    for _ in 0..10 {
+        engine.flush().unwrap();
+        if current_wal_len(&dir) >= OLD_WAL_BYTES {
+            write_synced_forever(&engine, 1 << 32);
+        }
+        put(&engine, CF_WRITE, b"next wal", b"x");
+    }
+    panic!("the engine never recycled a WAL");
+}
+
+/// The WAL recycling the engine does for cheaper fsyncs (see
+/// `engine::options`) must not cost acknowledged writes: recovery reads the
+/// recycled file up to its new records' end, not into the old ones.
+#[test]
+fn synced_writes_into_a_recycled_wal_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let acked = acked_before_sigkill("child_writes_synced_into_a_recycled_wal", dir.path());
+    assert_all_present(&open(dir.path()), &acked);
 }
 
 /// Child process: holds the engine open until the parent kills it.

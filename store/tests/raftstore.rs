@@ -14,6 +14,7 @@ use concord_proto::raft_cmdpb::{
 use concord_proto::raft_serverpb::{PeerState, RaftApplyState, RaftLocalState, RegionLocalState};
 use concord_store::engine::{Reader, CF_DEFAULT, CF_RAFT};
 use concord_store::keys;
+use concord_store::raftstore::context::PdTask;
 use concord_store::raftstore::msg::PeerMsg;
 use concord_store::raftstore::storage::RAFT_INIT_LOG_INDEX;
 use concord_store::raftstore::{CmdError, RaftStoreConfig};
@@ -634,13 +635,14 @@ fn a_write_overwritten_by_a_new_leader_gets_stale_command_and_overload_gets_busy
     cluster.shutdown();
 }
 
-fn last_log_index(cluster: &Cluster, store: u64) -> u64 {
+/// The raft state `store` recorded for the first region.
+fn raft_state(cluster: &Cluster, store: u64) -> RaftLocalState {
     let engine = &cluster.services(store).engine;
     engine
         .get_cf(CF_RAFT, &keys::raft_state_key(FIRST_REGION))
         .unwrap()
-        .map_or(0, |b| {
-            RaftLocalState::decode(b.as_slice()).unwrap().last_index
+        .map_or_else(RaftLocalState::default, |b| {
+            RaftLocalState::decode(b.as_slice()).unwrap()
         })
 }
 
@@ -652,14 +654,16 @@ fn a_write_whose_entry_only_a_snapshot_brings_back_is_answered_outcome_unknown()
     let region = cluster.region_on(old, FIRST_REGION).unwrap();
     let ctx = cluster.context(old, &region);
     let others: Vec<u64> = (1..=3).filter(|&s| s != old).collect();
-    let before = last_log_index(&cluster, old);
+    let before = raft_state(&cluster, old).last_index;
     // The leader's append goes out but no answer comes back: it cannot
     // commit the write, yet both followers hold it.
     cluster.add_filter(Filter::DropTo(old));
     let maybe = cluster.spawn_put(old, ctx, b"k", b"maybe");
-    assert!(wait_for(WAIT, || others
-        .iter()
-        .all(|&s| last_log_index(&cluster, s) > before)));
+    assert!(wait_for(WAIT, || others.iter().all(|&s| raft_state(
+        &cluster, s
+    )
+    .last_index
+        > before)));
     cluster.clear_filters();
     cluster.add_filter(Filter::Isolate(old));
     // The others elect a leader, which commits the entry along with its
@@ -794,6 +798,14 @@ fn a_leader_lease_serves_reads_but_never_past_a_newer_leaders_write() {
     cluster.shutdown();
 }
 
+/// Whether every store's one region hibernates.
+fn all_asleep(cluster: &Cluster) -> bool {
+    cluster
+        .store_ids()
+        .iter()
+        .all(|s| cluster.services(*s).router.hibernating() == 1)
+}
+
 #[test]
 fn idle_regions_hibernate_wake_on_use_and_followers_outlive_a_dead_sleeping_leader() {
     use std::sync::atomic::Ordering;
@@ -804,12 +816,6 @@ fn idle_regions_hibernate_wake_on_use_and_followers_outlive_a_dead_sleeping_lead
     };
     let sleep_tick = cfg.tick_interval * cfg.sleep_tick_ticks as u32;
     let mut cluster = Cluster::new(3, &[1, 2, 3], cfg);
-    let all_asleep = |cluster: &Cluster| {
-        cluster
-            .store_ids()
-            .iter()
-            .all(|s| cluster.services(*s).router.hibernating() == 1)
-    };
     cluster.wait_leader(FIRST_REGION);
     cluster.must_put(b"k", b"v1");
     assert!(
@@ -851,5 +857,95 @@ fn idle_regions_hibernate_wake_on_use_and_followers_outlive_a_dead_sleeping_lead
         "the followers of a dead sleeping leader never elected another"
     );
     assert_eq!(cluster.must_get(b"k"), Some(b"v2".to_vec()));
+    cluster.shutdown();
+}
+
+#[test]
+fn a_sleeping_leader_reports_to_pd_again_when_the_heartbeat_stream_reopens() {
+    // Asleep, a leader heartbeats PD every 12 sleep ticks: a minute here.
+    let cfg = RaftStoreConfig {
+        sleep_tick_ticks: 250,
+        ..test_config()
+    };
+    let cluster = Cluster::new(3, &[1, 2, 3], cfg);
+    let leader = cluster.wait_leader(FIRST_REGION);
+    cluster.must_put(b"k", b"v");
+    assert!(
+        wait_for(WAIT, || all_asleep(&cluster)),
+        "the region never slept"
+    );
+    // Let the leader's PD worker finish what it queued before the region
+    // slept: a heartbeat of a made-up region, queued now, is done last.
+    let marker = metapb::Region {
+        id: 999,
+        ..Default::default()
+    };
+    let tasks = &cluster.services(leader).pd_tx;
+    tasks
+        .send(PdTask::RegionHeartbeat {
+            region: marker,
+            leader: metapb::Peer::default(),
+            pending_peers: Vec::new(),
+            written_bytes: 0,
+            written_keys: 0,
+            term: 0,
+        })
+        .unwrap();
+    assert!(wait_for(WAIT, || cluster.pd.region(999).is_some()));
+    // PD's leader changed: the new one knows no region's leader until told.
+    cluster.pd.forget_leaders();
+    cluster.pd.reopen_heartbeat_stream();
+    assert!(
+        wait_for(Duration::from_secs(5), || cluster
+            .pd
+            .region(FIRST_REGION)
+            .and_then(|r| r.leader)
+            .is_some_and(|p| p.store_id == leader)),
+        "the sleeping leader did not report its region on the reopened stream"
+    );
+    assert!(all_asleep(&cluster), "reporting woke the region");
+    cluster.shutdown();
+}
+
+#[test]
+fn a_store_whose_recorded_commit_lags_what_it_applied_restarts() {
+    let mut cluster = Cluster::new(3, &[1, 2, 3], test_config());
+    let leader = cluster.wait_leader(FIRST_REGION);
+    for i in 0..20 {
+        cluster.must_put(&key(i), &value(i));
+    }
+    // The leader learns its last write committed after writing the entry;
+    // a new commit index alone is not written (it would cost an fsync on
+    // every write's path), and the write applied anyway.
+    assert!(
+        wait_for(WAIT, || {
+            let applied =
+                apply_state(&cluster, leader, FIRST_REGION).map_or(0, |s| s.applied_index);
+            raft_state(&cluster, leader).commit < applied
+        }),
+        "the recorded commit index never lagged the applied index"
+    );
+    cluster.stop_store(leader);
+    cluster.start_store(leader);
+    // The restarted store leads again and serves what it applied.
+    let target = metapb::Peer {
+        id: 100 + leader,
+        store_id: leader,
+        role: 0,
+    };
+    assert!(
+        wait_for(WAIT, || {
+            let current = cluster.wait_leader(FIRST_REGION);
+            if current != leader {
+                cluster.send(current, FIRST_REGION, PeerMsg::TransferLeader(target));
+            }
+            current == leader
+        }),
+        "the restarted store never took leadership back"
+    );
+    cluster.must_put(b"after", b"restart");
+    for i in 0..20 {
+        assert_eq!(cluster.must_get(&key(i)), Some(value(i)));
+    }
     cluster.shutdown();
 }

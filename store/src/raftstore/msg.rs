@@ -217,6 +217,9 @@ pub enum PeerMsg {
     Applied(ApplyResult),
     /// Hand leadership to `peer` (from PD or an operator).
     TransferLeader(metapb::Peer),
+    /// Report the region to PD now if this peer leads it (PD's heartbeat
+    /// stream reopened). Does not wake a hibernating peer.
+    HeartbeatPd,
     /// Outcome of sending a snapshot to `to_peer_id`.
     SnapshotStatus {
         /// The peer the snapshot went to.
@@ -236,6 +239,7 @@ impl std::fmt::Debug for PeerMsg {
             PeerMsg::SleepTick => write!(f, "SleepTick"),
             PeerMsg::Applied(r) => write!(f, "Applied({:?})", r.apply_state),
             PeerMsg::TransferLeader(p) => write!(f, "TransferLeader({p:?})"),
+            PeerMsg::HeartbeatPd => write!(f, "HeartbeatPd"),
             PeerMsg::SnapshotStatus {
                 to_peer_id,
                 delivered,

@@ -28,6 +28,7 @@ pub async fn run(
     store_heartbeat: Duration,
 ) {
     let mut responses = pd.heartbeat_responses();
+    let mut stream_opens = pd.heartbeat_stream_opens();
     let mut ticker = tokio::time::interval(store_heartbeat);
     loop {
         tokio::select! {
@@ -36,8 +37,24 @@ pub async fn run(
                 None => return,
             },
             Some(resp) = responses.recv() => on_operator(&services, resp),
+            Ok(()) = stream_opens.changed() => {
+                stream_opens.borrow_and_update();
+                report_leaders(&services);
+            }
             _ = ticker.tick() => store_heartbeat_once(&services, &pd).await,
         }
+    }
+}
+
+/// Has every region this store leads heartbeat PD now.
+fn report_leaders(s: &StoreServices) {
+    let leaders: Vec<u64> = s.meta.lock().leaders.iter().copied().collect();
+    debug!(
+        count = leaders.len(),
+        "PD heartbeat stream opened; reporting leaders"
+    );
+    for region_id in leaders {
+        let _ = s.router.send(region_id, PeerMsg::HeartbeatPd);
     }
 }
 

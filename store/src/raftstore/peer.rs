@@ -180,7 +180,7 @@ impl Peer {
         }
         match &msg {
             // Raft messages wake the peer unless they are only liveness.
-            PeerMsg::Raft(_) | PeerMsg::Tick | PeerMsg::SleepTick => {}
+            PeerMsg::Raft(_) | PeerMsg::Tick | PeerMsg::SleepTick | PeerMsg::HeartbeatPd => {}
             _ => self.wake(),
         }
         match msg {
@@ -206,6 +206,8 @@ impl Peer {
                     self.raft.transfer_leader(to.id);
                 }
             }
+            PeerMsg::HeartbeatPd if self.is_leader() => self.heartbeat_pd(ctx),
+            PeerMsg::HeartbeatPd => {}
             PeerMsg::SnapshotStatus {
                 to_peer_id,
                 delivered,
@@ -864,13 +866,17 @@ impl Peer {
                 Err(e) => panic!("region {} cannot apply a snapshot: {e}", self.region_id),
             }
         }
-        let committed = rd.take_committed_entries();
+        let mut committed = rd.take_committed_entries();
+        if !snapshot_applied {
+            // Raft hands out only entries already on disk here, so they
+            // apply while this round's write is in flight (a snapshot's
+            // entries wait for the snapshot to be written and registered).
+            self.dispatch_committed(ctx, std::mem::take(&mut committed));
+        }
         let store = self.raft.mut_store();
         store.append(rd.entries(), &mut ctx.wb);
-        if let Some(hs) = rd.hs() {
-            store.set_hard_state(hs);
-        }
-        if snapshot_applied || !rd.entries().is_empty() || rd.hs().is_some() {
+        let hs_changed = rd.hs().is_some_and(|hs| store.set_hard_state(hs));
+        if snapshot_applied || !rd.entries().is_empty() || hs_changed {
             store.write_raft_state(&mut ctx.wb);
             ctx.round_readies += 1;
         }
@@ -899,7 +905,8 @@ impl Peer {
     }
 
     /// Finishes the round after the write: sends messages that needed the
-    /// log on disk and hands committed entries to the apply pool.
+    /// log on disk and hands the apply pool the entries a snapshot held
+    /// back and those the write itself committed.
     pub fn post_ready(&mut self, ctx: &mut PollContext) {
         let Some((mut rd, committed, snapshot_applied)) = self.ready.take() else {
             return;

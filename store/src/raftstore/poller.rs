@@ -2,10 +2,11 @@
 //!
 //! A poller takes up to `max_batch_regions` scheduled peers from the ready
 //! queue, runs their messages, collects their raft `Ready`s into ONE write
-//! batch, sends what may leave before the write (leaders' appends), writes
-//! the batch with ONE fsync (group commit), then sends the messages that
-//! needed it (votes, append answers) and hands committed entries to the
-//! apply pool.
+//! batch (handing entries already committed to the apply pool at once),
+//! sends what may leave before the write (leaders' appends), writes the
+//! batch with ONE fsync (group commit), then sends the messages that needed
+//! it (votes, append answers) and hands the apply pool what the write
+//! committed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -158,6 +158,13 @@ impl PeerStorage {
             apply_state,
             last_term: 0,
         };
+        // A hard state whose only change is the commit index is not written
+        // (see `set_hard_state`), and entries apply before their commit is
+        // recorded: what was applied was committed.
+        storage.raft_state.commit = storage
+            .raft_state
+            .commit
+            .max(storage.apply_state.applied_index);
         let last = storage.raft_state.last_index;
         storage.last_term = storage.term_of(last)?;
         Ok(storage)
@@ -245,11 +252,18 @@ impl PeerStorage {
         self.last_term = last.term;
     }
 
-    /// Records a new hard state.
-    pub fn set_hard_state(&mut self, hs: &HardState) {
+    /// Records a new hard state; true if it must be written before the
+    /// messages that depend on it leave. A new term or vote must; a new
+    /// commit index alone need not (raft keeps it in memory and a restarted
+    /// peer relearns it from its leader), so it is written with the next
+    /// raft state that is, sparing a round its fsync when a commit is all
+    /// it has to record.
+    pub fn set_hard_state(&mut self, hs: &HardState) -> bool {
+        let must_write = (hs.term, hs.vote) != (self.raft_state.term, self.raft_state.vote);
         self.raft_state.term = hs.term;
         self.raft_state.vote = hs.vote;
         self.raft_state.commit = hs.commit;
+        must_write
     }
 
     /// Adds the raft state (hard state and last index) to `wb`.

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use concord_common::pd_client::{PdClient, PdError, PdResult, RegionInfo};
 use concord_proto::{metapb, pdpb};
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 #[derive(Default)]
 pub struct MockPd {
@@ -17,6 +17,7 @@ pub struct MockPd {
     stores: Mutex<HashMap<u64, metapb::Store>>,
     regions: Mutex<HashMap<u64, RegionInfo>>,
     operators: Mutex<Vec<mpsc::Sender<pdpb::RegionHeartbeatResponse>>>,
+    heartbeat_stream_opens: watch::Sender<u64>,
 }
 
 fn newer(a: &metapb::Region, b: &metapb::Region) -> bool {
@@ -49,6 +50,18 @@ impl MockPd {
             }
         }
         regions.insert(region.id, RegionInfo { region, leader });
+    }
+
+    /// Forgets every region's leader, as a newly elected PD leader knows none.
+    pub fn forget_leaders(&self) {
+        for info in self.regions.lock().values_mut() {
+            info.leader = None;
+        }
+    }
+
+    /// Tells the stores their heartbeat stream reopened (to a new leader).
+    pub fn reopen_heartbeat_stream(&self) {
+        self.heartbeat_stream_opens.send_modify(|n| *n += 1);
     }
 
     /// PD's current view of a region.
@@ -126,6 +139,10 @@ impl PdClient for MockPd {
         let (tx, rx) = mpsc::channel(64);
         self.operators.lock().push(tx);
         rx
+    }
+
+    fn heartbeat_stream_opens(&self) -> watch::Receiver<u64> {
+        self.heartbeat_stream_opens.subscribe()
     }
 
     async fn get_region(&self, key: &[u8]) -> PdResult<RegionInfo> {
