@@ -105,11 +105,10 @@ async fn killing_the_pd_leader_disturbs_no_client() {
             "lost {key:?}"
         );
     }
-    // Stores keep heartbeating to the new leader: it learns the region's
-    // leader from them (not at once: from the next heartbeat), and a split
-    // still reaches PD.
+    // Stores follow the new leader: their heartbeat stream reopens to it
+    // and every region leader reports at once, and a split still reaches PD.
     assert!(
-        wait_for(Duration::from_secs(90), || {
+        wait_for(Duration::from_secs(30), || {
             let raw = raw.clone();
             async move {
                 raw.pd
