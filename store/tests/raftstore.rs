@@ -54,6 +54,19 @@ fn change_peer(
     }
 }
 
+/// Asks whoever leads the first region to hand leadership to `to` until it
+/// has; false if it has not within `WAIT`.
+fn move_leader(cluster: &Cluster, to: metapb::Peer) -> bool {
+    wait_for(WAIT, || match cluster.leader_of(FIRST_REGION) {
+        Some(current) if current == to.store_id => true,
+        Some(current) => {
+            cluster.send(current, FIRST_REGION, PeerMsg::TransferLeader(to));
+            false
+        }
+        None => false,
+    })
+}
+
 fn apply_state(cluster: &Cluster, store: u64, region_id: u64) -> Option<RaftApplyState> {
     let engine = &cluster.services(store).engine;
     let bytes = engine
@@ -268,17 +281,7 @@ fn a_peer_added_after_log_compaction_catches_up_by_snapshot_and_leads() {
         state.truncated_state.unwrap().index > RAFT_INIT_LOG_INDEX,
         "store 3 should start from a snapshot: {state:?}"
     );
-    assert!(
-        wait_for(WAIT, || match cluster.leader_of(FIRST_REGION) {
-            Some(3) => true,
-            Some(current) => {
-                cluster.send(current, FIRST_REGION, PeerMsg::TransferLeader(new_peer));
-                false
-            }
-            None => false,
-        }),
-        "leadership did not move"
-    );
+    assert!(move_leader(&cluster, new_peer), "leadership did not move");
     let region = cluster.region_on(3, FIRST_REGION).unwrap();
     let ctx = cluster.context(3, &region);
     for i in (0..300).step_by(7) {
@@ -659,11 +662,10 @@ fn a_write_whose_entry_only_a_snapshot_brings_back_is_answered_outcome_unknown()
     // commit the write, yet both followers hold it.
     cluster.add_filter(Filter::DropTo(old));
     let maybe = cluster.spawn_put(old, ctx, b"k", b"maybe");
-    assert!(wait_for(WAIT, || others.iter().all(|&s| raft_state(
-        &cluster, s
-    )
-    .last_index
-        > before)));
+    let last_index = |store| raft_state(&cluster, store).last_index;
+    assert!(wait_for(WAIT, || others
+        .iter()
+        .all(|&s| last_index(s) > before)));
     cluster.clear_filters();
     cluster.add_filter(Filter::Isolate(old));
     // The others elect a leader, which commits the entry along with its
@@ -934,13 +936,7 @@ fn a_store_whose_recorded_commit_lags_what_it_applied_restarts() {
         role: 0,
     };
     assert!(
-        wait_for(WAIT, || {
-            let current = cluster.wait_leader(FIRST_REGION);
-            if current != leader {
-                cluster.send(current, FIRST_REGION, PeerMsg::TransferLeader(target));
-            }
-            current == leader
-        }),
+        move_leader(&cluster, target),
         "the restarted store never took leadership back"
     );
     cluster.must_put(b"after", b"restart");
