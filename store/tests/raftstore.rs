@@ -945,3 +945,87 @@ fn a_store_whose_recorded_commit_lags_what_it_applied_restarts() {
     }
     cluster.shutdown();
 }
+
+#[test]
+fn writes_arriving_together_share_a_log_entry_and_each_caller_gets_its_own_answer() {
+    use concord_proto::raft_cmdpb::{request, DeleteRequest, PutRequest, Request};
+    let cluster = Cluster::new(3, &[1, 2, 3], test_config());
+    let leader = cluster.wait_leader(FIRST_REGION);
+    cluster.must_put(b"gone-0", b"v");
+    cluster.must_put(b"gone-1", b"v");
+    let region = cluster.region_on(leader, FIRST_REGION).unwrap();
+    let ctx = cluster.context(leader, &region);
+    let header = RaftRequestHeader {
+        region_id: FIRST_REGION,
+        peer: ctx.peer,
+        region_epoch: ctx.region_epoch,
+        proposal_id: 0,
+    };
+    let put = |key: String| Request {
+        cmd: Some(request::Cmd::Put(PutRequest {
+            cf: CF_DEFAULT.into(),
+            key: key.into_bytes(),
+            value: concord_store::raw_value::encode(b"v", 0, 0),
+        })),
+    };
+    let delete = |key: &str| Request {
+        cmd: Some(request::Cmd::Delete(DeleteRequest {
+            cf: CF_DEFAULT.into(),
+            key: key.as_bytes().to_vec(),
+        })),
+    };
+    // 200 callers at once: one or three puts each, and two deletes.
+    let mut commands: Vec<Vec<Request>> = (0..200)
+        .map(|i| {
+            (0..1 + 2 * (i % 2))
+                .map(|j| put(format!("k{i}-{j}")))
+                .collect()
+        })
+        .collect();
+    commands.push(vec![delete("gone-0")]);
+    commands.push(vec![delete("gone-1")]);
+    let first_index = raft_state(&cluster, leader).last_index;
+    let api = cluster.api(leader);
+    let answers = cluster.rt.block_on(async {
+        let calls = commands.iter().map(|requests| {
+            let api = api.clone();
+            let request = RaftCmdRequest {
+                header: Some(header),
+                requests: requests.clone(),
+                admin_request: None,
+            };
+            tokio::spawn(async move { api.command(request).await })
+        });
+        let calls: Vec<_> = calls.collect();
+        let mut answers = Vec::new();
+        for call in calls {
+            answers.push(call.await.unwrap());
+        }
+        answers
+    });
+    for (requests, answer) in commands.iter().zip(&answers) {
+        let answer = answer.as_ref().expect("every write succeeds");
+        assert_eq!(
+            answer.responses.len(),
+            requests.len(),
+            "one response per request"
+        );
+    }
+    let entries = raft_state(&cluster, leader).last_index - first_index;
+    assert!(
+        entries < commands.len() as u64,
+        "{} writes took {entries} log entries",
+        commands.len()
+    );
+    for i in 0..200 {
+        for j in 0..1 + 2 * (i % 2) {
+            assert_eq!(
+                cluster.must_get(format!("k{i}-{j}").as_bytes()),
+                Some(b"v".to_vec())
+            );
+        }
+    }
+    assert_eq!(cluster.must_get(b"gone-0"), None);
+    assert_eq!(cluster.must_get(b"gone-1"), None);
+    cluster.shutdown();
+}

@@ -24,7 +24,8 @@ use raft::eraftpb::{ConfChangeV2, Entry, EntryType};
 use tracing::{error, info};
 
 use super::context::RaftStats;
-use super::msg::{ApplyResult, Callback, CmdError, CmdResponse, CmdResult, ExecResult, PeerMsg};
+use super::msg::{ApplyResult, CmdError, CmdResponse, CmdResult, ExecResult, PeerMsg};
+use super::proposal_batch::Waiters;
 use super::router::StoreRouter;
 use super::storage::{write_initial_states, write_region_state, write_state};
 use super::util;
@@ -47,8 +48,8 @@ pub enum ApplyTask {
         region_id: u64,
         /// The entries, in log order.
         entries: Vec<Entry>,
-        /// Callbacks to complete once their entry is applied.
-        callbacks: Vec<(u64, u64, Callback)>,
+        /// Callers to answer once their entry is applied.
+        callbacks: Vec<(u64, u64, Waiters)>,
         /// When the entries were handed over, to measure the apply wait.
         queued_at: Instant,
     },
@@ -128,7 +129,7 @@ impl ApplyPool {
 struct Delegate {
     region: metapb::Region,
     apply_state: RaftApplyState,
-    callbacks: VecDeque<(u64, u64, Callback)>,
+    callbacks: VecDeque<(u64, u64, Waiters)>,
 }
 
 /// Changes collected since the last engine write.
@@ -136,7 +137,7 @@ struct Delegate {
 struct Pending {
     wb: Option<WriteBatch>,
     dirty: Vec<u64>,
-    responses: Vec<(Callback, CmdResult)>,
+    responses: Vec<(Waiters, CmdResult)>,
     results: HashMap<u64, ApplyResult>,
 }
 
@@ -184,9 +185,8 @@ impl ApplyWorker {
                     ApplyTask::Stop => stopping = true,
                     ApplyTask::Destroy { region_id } => {
                         if let Some(d) = self.delegates.remove(&region_id) {
-                            for (_, _, cb) in d.callbacks {
-                                let _ =
-                                    cb.send(Err(CmdError::peer_removed_before_apply(region_id)));
+                            for (_, _, waiters) in d.callbacks {
+                                waiters.answer(Err(CmdError::peer_removed_before_apply(region_id)));
                             }
                         }
                     }
@@ -218,8 +218,8 @@ impl ApplyWorker {
                 std::process::abort();
             }
         }
-        for (cb, result) in pending.responses.drain(..) {
-            let _ = cb.send(result);
+        for (waiters, result) in pending.responses.drain(..) {
+            waiters.answer(result);
         }
         for (region_id, result) in pending.results.drain() {
             let _ = self.router.send(region_id, PeerMsg::Applied(result));
@@ -231,11 +231,11 @@ impl ApplyWorker {
         pending: &mut Pending,
         region_id: u64,
         entries: Vec<Entry>,
-        callbacks: Vec<(u64, u64, Callback)>,
+        callbacks: Vec<(u64, u64, Waiters)>,
     ) {
         let Some(delegate) = self.delegates.get_mut(&region_id) else {
-            for (_, _, cb) in callbacks {
-                let _ = cb.send(Err(CmdError::peer_removed_before_apply(region_id)));
+            for (_, _, waiters) in callbacks {
+                waiters.answer(Err(CmdError::peer_removed_before_apply(region_id)));
             }
             return;
         };
@@ -256,7 +256,7 @@ impl ApplyWorker {
                 if *index > entry.index {
                     break;
                 }
-                let (index, term, cb) = delegate.callbacks.pop_front().expect("front exists");
+                let (index, term, waiters) = delegate.callbacks.pop_front().expect("front exists");
                 let answer = if index < entry.index {
                     // The proposal's entry was never applied here: a
                     // snapshot from a newer leader covered its index. It
@@ -268,7 +268,7 @@ impl ApplyWorker {
                     // Another entry took the index: this one never commits.
                     Err(CmdError::stale_command())
                 };
-                pending.responses.push((cb, answer));
+                pending.responses.push((waiters, answer));
             }
             let report = pending
                 .results

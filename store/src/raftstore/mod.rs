@@ -10,6 +10,7 @@ pub mod msg;
 pub mod pd_worker;
 pub mod peer;
 pub mod poller;
+pub mod proposal_batch;
 pub mod router;
 pub mod storage;
 pub mod store;

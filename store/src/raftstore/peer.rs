@@ -29,6 +29,7 @@ use super::context::{PdTask, PollContext, StoreServices};
 use super::msg::{
     ApplyResult, Callback, CmdError, ExecResult, KeyRange, PeerMsg, ReadCallback, ReadResponse,
 };
+use super::proposal_batch::{ProposalBatch, Waiters};
 use super::storage::{write_region_state, PeerStorage, StorageFault};
 use super::util;
 use crate::engine::{CF_RAFT, DATA_CFS};
@@ -37,7 +38,7 @@ use crate::keys;
 struct Proposal {
     index: u64,
     term: u64,
-    callback: Callback,
+    waiters: Waiters,
 }
 
 struct PendingRead {
@@ -54,6 +55,8 @@ pub struct Peer {
     meta: metapb::Peer,
     raft: RawNode<PeerStorage>,
     proposals: VecDeque<Proposal>,
+    /// Writes of this round not yet proposed (see [`Peer::collect_ready`]).
+    batch: ProposalBatch,
     reads: VecDeque<PendingRead>,
     next_read_batch: u64,
     unsent_read_batch: Option<u64>,
@@ -110,6 +113,7 @@ impl Peer {
             meta,
             raft,
             proposals: VecDeque::new(),
+            batch: ProposalBatch::default(),
             reads: VecDeque::new(),
             next_read_batch: 1,
             unsent_read_batch: None,
@@ -342,6 +346,26 @@ impl Peer {
             let _ = callback.send(Err(e));
             return;
         }
+        if ProposalBatch::can_merge(&request) {
+            if !self.batch.fits(&request) {
+                self.flush_proposals(ctx);
+            }
+            self.batch.push(request, callback);
+        } else {
+            // Keep the log in arrival order.
+            self.flush_proposals(ctx);
+            self.propose_now(ctx, request, Waiters::one(callback));
+        }
+    }
+
+    /// Proposes the writes merged during this round as one entry.
+    fn flush_proposals(&mut self, ctx: &mut PollContext) {
+        if let Some((request, waiters)) = self.batch.take() {
+            self.propose_now(ctx, request, waiters);
+        }
+    }
+
+    fn propose_now(&mut self, ctx: &mut PollContext, request: RaftCmdRequest, waiters: Waiters) {
         let last_before = self.raft.raft.raft_log.last_index();
         let result = match request.admin_request.as_ref().and_then(|a| a.cmd.as_ref()) {
             Some(admin_request::Cmd::ChangePeerV2(change)) => {
@@ -366,25 +390,21 @@ impl Peer {
         let index = self.raft.raft.raft_log.last_index();
         match result {
             Ok(()) if index > last_before => {
-                ctx.pending_proposals.fetch_add(1, Ordering::Relaxed);
+                ctx.pending_proposals
+                    .fetch_add(waiters.callers(), Ordering::Relaxed);
                 self.proposals.push_back(Proposal {
                     index,
                     term: self.raft.raft.term,
-                    callback,
+                    waiters,
                 });
             }
-            Ok(()) => {
-                let _ = callback.send(Err(CmdError::not_leader(self.region_id, self.leader())));
-            }
             // Dropped while leadership is moving: retry with the new leader.
-            Err(raft::Error::ProposalDropped) => {
-                let _ = callback.send(Err(CmdError::not_leader(self.region_id, self.leader())));
+            Ok(()) | Err(raft::Error::ProposalDropped) => {
+                waiters.answer(Err(CmdError::not_leader(self.region_id, self.leader())));
             }
-            Err(e) => {
-                let _ = callback.send(Err(CmdError::InvalidArgument(format!(
-                    "raft refused the proposal: {e}"
-                ))));
-            }
+            Err(e) => waiters.answer(Err(CmdError::InvalidArgument(format!(
+                "raft refused the proposal: {e}"
+            )))),
         }
     }
 
@@ -498,6 +518,7 @@ impl Peer {
         let last = raft.raft_log.last_index();
         self.is_leader()
             && self.proposals.is_empty()
+            && self.batch.is_empty()
             && self.reads.is_empty()
             && self.read_rounds.is_empty()
             && self.unsent_read_batch.is_none()
@@ -815,6 +836,9 @@ impl Peer {
         write_region_state(wb, &tombstone, PeerState::Tombstone);
         ctx.meta.lock().remove(self.region_id);
         ctx.router.close(self.region_id);
+        if let Some((_, waiters)) = self.batch.take() {
+            waiters.answer(Err(CmdError::peer_removed_before_apply(self.region_id)));
+        }
         self.fail_proposals_up_to(ctx, u64::MAX, CmdError::peer_removed_before_apply);
         for r in self.reads.drain(..) {
             let _ = r
@@ -824,11 +848,12 @@ impl Peer {
         self.ready = None;
     }
 
-    /// Takes the raft `Ready`, adding its log entries, hard state and any
-    /// snapshot to the round's write batch. Messages that may leave before
-    /// the write (a leader's appends) are queued; the poller sends them
-    /// before writing the batch.
+    /// Proposes the round's merged writes, then takes the raft `Ready`,
+    /// adding its log entries, hard state and any snapshot to the round's
+    /// write batch. Messages that may leave before the write (a leader's
+    /// appends) are queued; the poller sends them before writing the batch.
     pub fn collect_ready(&mut self, ctx: &mut PollContext) {
+        self.flush_proposals(ctx);
         if self.asleep && self.is_leader() && !self.is_idle() {
             // A follower turned out to lack entries: replicate awake.
             self.wake();
@@ -986,8 +1011,9 @@ impl Peer {
     fn fail_proposals_up_to(&mut self, ctx: &PollContext, index: u64, error: fn(u64) -> CmdError) {
         while self.proposals.front().is_some_and(|p| p.index <= index) {
             let p = self.proposals.pop_front().expect("front exists");
-            ctx.pending_proposals.fetch_sub(1, Ordering::Relaxed);
-            let _ = p.callback.send(Err(error(self.region_id)));
+            ctx.pending_proposals
+                .fetch_sub(p.waiters.callers(), Ordering::Relaxed);
+            p.waiters.answer(Err(error(self.region_id)));
         }
     }
 
@@ -998,8 +1024,9 @@ impl Peer {
         let mut callbacks = Vec::new();
         while self.proposals.front().is_some_and(|p| p.index <= last) {
             let p = self.proposals.pop_front().expect("front exists");
-            ctx.pending_proposals.fetch_sub(1, Ordering::Relaxed);
-            callbacks.push((p.index, p.term, p.callback));
+            ctx.pending_proposals
+                .fetch_sub(p.waiters.callers(), Ordering::Relaxed);
+            callbacks.push((p.index, p.term, p.waiters));
         }
         ctx.apply.schedule(
             self.region_id,

@@ -1,7 +1,8 @@
 //! The raft pollers and the store clock.
 //!
 //! A poller takes up to `max_batch_regions` scheduled peers from the ready
-//! queue, runs their messages, collects their raft `Ready`s into ONE write
+//! queue, runs their messages (proposing each peer's writes of the round as
+//! one entry), collects their raft `Ready`s into ONE write
 //! batch (handing entries already committed to the apply pool at once),
 //! sends what may leave before the write (leaders' appends), writes the
 //! batch with ONE fsync (group commit), then sends the messages that needed
