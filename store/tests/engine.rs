@@ -202,9 +202,14 @@ fn approximate_size_grows_with_data() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(dir.path());
     let stats = |start: &[u8], end: &[u8]| {
-        engine
-            .approximate_range_stats(CF_DEFAULT, start, end)
-            .unwrap()
+        let files = engine.file_stats(CF_DEFAULT, start, end).unwrap();
+        let memtable = engine.memtable_stats(CF_DEFAULT, start, end).unwrap();
+        let bound = engine.range_upper_bound(CF_DEFAULT, start, end).unwrap();
+        assert!(
+            bound.size >= files.size + memtable.size && bound.keys >= files.keys + memtable.keys,
+            "{bound:?} bounds neither {files:?} nor {memtable:?}"
+        );
+        files + memtable
     };
     assert_eq!(stats(b"a", b"b").keys, 0);
     // Incompressible values, so that file sizes reflect the data written.

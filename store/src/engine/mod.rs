@@ -56,6 +56,17 @@ pub struct RangeStats {
     pub keys: u64,
 }
 
+impl std::ops::Add for RangeStats {
+    type Output = RangeStats;
+
+    fn add(self, other: RangeStats) -> RangeStats {
+        RangeStats {
+            size: self.size + other.size,
+            keys: self.keys + other.keys,
+        }
+    }
+}
+
 /// The store's one RocksDB instance. Cheap to clone; clones share the database.
 #[derive(Clone)]
 pub struct Engine {
@@ -122,16 +133,39 @@ impl Engine {
         }
     }
 
-    /// Approximate size and key count of `[start, end)` in `cf`: SST files
-    /// inside the range count whole, files straddling a bound count half,
-    /// and the memtables are counted exactly.
-    pub fn approximate_range_stats(
+    /// Size and key count of `[start, end)` in `cf`'s SST files, from the
+    /// files' metadata: files inside the range count whole, files straddling
+    /// a bound count half.
+    pub fn file_stats(&self, cf: &str, start: &[u8], end: &[u8]) -> Result<RangeStats> {
+        let mut stats = RangeStats::default();
+        for (file, inside) in self.overlapping_files(cf, start, end)? {
+            let share = if inside { 1 } else { 2 };
+            stats.size += file.size / share;
+            stats.keys += file.keys / share;
+        }
+        Ok(stats)
+    }
+
+    /// Size and key count that `[start, end)` in `cf` cannot exceed, without
+    /// a scan: every SST file overlapping the range counted whole, plus all
+    /// of the column family's memtables.
+    pub fn range_upper_bound(&self, cf: &str, start: &[u8], end: &[u8]) -> Result<RangeStats> {
+        let files = self
+            .overlapping_files(cf, start, end)?
+            .into_iter()
+            .fold(RangeStats::default(), |acc, (file, _)| acc + file);
+        Ok(files + self.memtable_totals(cf)?)
+    }
+
+    /// The SST files of `cf` overlapping `[start, end)`, each with whether
+    /// it lies wholly inside the range.
+    fn overlapping_files(
         &self,
         cf: &str,
         start: &[u8],
         end: &[u8],
-    ) -> Result<RangeStats> {
-        let mut stats = RangeStats::default();
+    ) -> Result<Vec<(RangeStats, bool)>> {
+        let mut files = Vec::new();
         for file in self.db.live_files()? {
             if file.column_family_name != cf {
                 continue;
@@ -143,15 +177,19 @@ impl Engine {
             if last < start || first >= end {
                 continue;
             }
-            let (size, keys) = (file.size as u64, file.num_entries);
-            if first >= start && last < end {
-                stats.size += size;
-                stats.keys += keys;
-            } else {
-                stats.size += size / 2;
-                stats.keys += keys / 2;
-            }
+            let stats = RangeStats {
+                size: file.size as u64,
+                keys: file.num_entries,
+            };
+            files.push((stats, first >= start && last < end));
         }
+        Ok(files)
+    }
+
+    /// Size and key count of `[start, end)` in `cf`'s memtables, counted
+    /// exactly: a scan of the range's memtable entries.
+    pub fn memtable_stats(&self, cf: &str, start: &[u8], end: &[u8]) -> Result<RangeStats> {
+        let mut stats = RangeStats::default();
         let mut opts = ReadOptions::default();
         opts.set_read_tier(ReadTier::Memtable);
         scan_with(&self.db, cf, opts, start, end, false, |k, v| {
@@ -160,6 +198,21 @@ impl Engine {
             true
         })?;
         Ok(stats)
+    }
+
+    /// Bytes and entries in all of `cf`'s memtables, from RocksDB's
+    /// counters (no scan): an upper bound for any range's share. The bytes
+    /// include the memtables' own overhead.
+    pub fn memtable_totals(&self, cf: &str) -> Result<RangeStats> {
+        let handle = cf_handle(&self.db, cf)?;
+        let property = |name: &str| -> Result<u64> {
+            Ok(self.db.property_int_value_cf(handle, name)?.unwrap_or(0))
+        };
+        Ok(RangeStats {
+            size: property("rocksdb.cur-size-all-mem-tables")?,
+            keys: property("rocksdb.num-entries-active-mem-table")?
+                + property("rocksdb.num-entries-imm-mem-tables")?,
+        })
     }
 
     /// Flushes the memtables of every column family to SST files.

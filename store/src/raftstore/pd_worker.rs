@@ -2,8 +2,9 @@
 //! heartbeats, turns PD's operator steps into peer messages, measures
 //! regions that grew and splits them with ids from PD.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use concord_common::pd_client::PdClient;
 use concord_proto::metapb;
@@ -17,8 +18,40 @@ use tracing::{debug, info, warn};
 
 use super::context::{PdTask, StoreServices};
 use super::msg::{Callback, CmdError, PeerMsg};
-use crate::engine::{Reader, CF_DEFAULT};
+use crate::engine::{RangeStats, Reader, CF_DEFAULT};
 use crate::keys;
+
+/// How long a region's memtable count is reused by its heartbeats:
+/// counting scans the region's memtable entries, and a busy leader
+/// heartbeats every second.
+const MEMTABLE_COUNT_TTL: Duration = Duration::from_secs(10);
+
+/// Each region's last memtable count, by region id, with the region's
+/// epoch version (a split changes the range) and when it was taken.
+#[derive(Default)]
+struct MemtableCounts(HashMap<u64, (u64, Instant, RangeStats)>);
+
+impl MemtableCounts {
+    fn fresh(&self, region: &metapb::Region) -> Option<RangeStats> {
+        let version = region.region_epoch.unwrap_or_default().version;
+        self.0
+            .get(&region.id)
+            .filter(|(v, at, _)| *v == version && at.elapsed() < MEMTABLE_COUNT_TTL)
+            .map(|(_, _, stats)| *stats)
+    }
+
+    fn record(&mut self, region: &metapb::Region, stats: RangeStats) {
+        let version = region.region_epoch.unwrap_or_default().version;
+        self.0.insert(region.id, (version, Instant::now(), stats));
+    }
+
+    /// Forgets counts too old to be used (regions that went away or stopped
+    /// heartbeating).
+    fn evict_stale(&mut self) {
+        self.0
+            .retain(|_, (_, at, _)| at.elapsed() < MEMTABLE_COUNT_TTL);
+    }
+}
 
 /// Runs the PD worker until `tasks` closes.
 pub async fn run(
@@ -30,10 +63,11 @@ pub async fn run(
     let mut responses = pd.heartbeat_responses();
     let mut stream_opens = pd.heartbeat_stream_opens();
     let mut ticker = tokio::time::interval(store_heartbeat);
+    let mut memtable_counts = MemtableCounts::default();
     loop {
         tokio::select! {
             task = tasks.recv() => match task {
-                Some(task) => handle(&services, &pd, task).await,
+                Some(task) => handle(&services, &pd, &mut memtable_counts, task).await,
                 None => return,
             },
             Some(resp) = responses.recv() => on_operator(&services, resp),
@@ -41,7 +75,10 @@ pub async fn run(
                 stream_opens.borrow_and_update();
                 report_leaders(&services);
             }
-            _ = ticker.tick() => store_heartbeat_once(&services, &pd).await,
+            _ = ticker.tick() => {
+                memtable_counts.evict_stale();
+                store_heartbeat_once(&services, &pd).await;
+            }
         }
     }
 }
@@ -58,7 +95,12 @@ fn report_leaders(s: &StoreServices) {
     }
 }
 
-async fn handle(s: &StoreServices, pd: &Arc<dyn PdClient>, task: PdTask) {
+async fn handle(
+    s: &StoreServices,
+    pd: &Arc<dyn PdClient>,
+    memtable_counts: &mut MemtableCounts,
+    task: PdTask,
+) {
     match task {
         PdTask::RegionHeartbeat {
             region,
@@ -68,7 +110,7 @@ async fn handle(s: &StoreServices, pd: &Arc<dyn PdClient>, task: PdTask) {
             written_keys,
             term,
         } => {
-            let stats = region_stats(s, &region).await;
+            let stats = region_stats(s, &region, memtable_counts).await;
             let req = pdpb::RegionHeartbeatRequest {
                 region: Some(region),
                 leader: Some(leader),
@@ -119,15 +161,33 @@ async fn handle(s: &StoreServices, pd: &Arc<dyn PdClient>, task: PdTask) {
     }
 }
 
-async fn region_stats(s: &StoreServices, region: &metapb::Region) -> crate::engine::RangeStats {
+/// A region's approximate size and keys: its SST files' share from their
+/// metadata, plus its memtable entries (counted at most once per
+/// [`MEMTABLE_COUNT_TTL`]).
+async fn region_stats(
+    s: &StoreServices,
+    region: &metapb::Region,
+    memtable_counts: &mut MemtableCounts,
+) -> RangeStats {
     let engine = s.engine.clone();
     let start = keys::data_key(&region.start_key);
     let end = keys::data_end_key(&region.end_key);
-    tokio::task::spawn_blocking(move || engine.approximate_range_stats(CF_DEFAULT, &start, &end))
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default()
+    let cached = memtable_counts.fresh(region);
+    let counted = tokio::task::spawn_blocking(move || {
+        let files = engine.file_stats(CF_DEFAULT, &start, &end);
+        let memtable = cached.map_or_else(|| engine.memtable_stats(CF_DEFAULT, &start, &end), Ok);
+        (files, memtable)
+    })
+    .await;
+    // Only while the runtime shuts down.
+    let Ok((files, memtable)) = counted else {
+        return RangeStats::default();
+    };
+    let memtable = memtable.unwrap_or_default();
+    if cached.is_none() {
+        memtable_counts.record(region, memtable);
+    }
+    files.unwrap_or_default() + memtable
 }
 
 /// The key at which to split `region` in two halves of about equal size,
@@ -140,6 +200,12 @@ pub fn find_split_key(
 ) -> Option<Vec<u8>> {
     let start = keys::data_key(&region.start_key);
     let end = keys::data_end_key(&region.end_key);
+    // Most checks find the region well under the limits: the metadata
+    // says so without a scan.
+    let bound = engine.range_upper_bound(CF_DEFAULT, &start, &end).ok()?;
+    if bound.size < max_size && bound.keys < max_keys {
+        return None;
+    }
     let snap = engine.snapshot();
     let (mut size, mut count) = (0u64, 0u64);
     snap.scan_cf(CF_DEFAULT, &start, &end, false, |k, v| {
@@ -316,8 +382,10 @@ async fn store_heartbeat_once(s: &StoreServices, pd: &Arc<dyn PdClient>) {
     };
     let engine = s.engine.clone();
     let (space, used) = tokio::task::spawn_blocking(move || {
+        let (start, end) = (keys::data_key(b""), keys::DATA_MAX_KEY);
         let used = engine
-            .approximate_range_stats(CF_DEFAULT, &keys::data_key(b""), keys::DATA_MAX_KEY)
+            .file_stats(CF_DEFAULT, &start, end)
+            .and_then(|files| Ok(files + engine.memtable_totals(CF_DEFAULT)?))
             .map_or(0, |r| r.size);
         (disk_space(engine.path()), used)
     })
@@ -368,6 +436,27 @@ mod tests {
         let (capacity, available) = disk_space(dir.path()).unwrap();
         assert!(capacity > 0 && available <= capacity);
         assert!(disk_space(std::path::Path::new("/no/such/dir")).is_none());
+    }
+
+    #[test]
+    fn a_memtable_count_is_reused_until_the_region_splits() {
+        let mut region = metapb::Region {
+            id: 7,
+            region_epoch: Some(metapb::RegionEpoch {
+                version: 1,
+                conf_ver: 1,
+            }),
+            ..Default::default()
+        };
+        let stats = RangeStats { size: 10, keys: 1 };
+        let mut counts = MemtableCounts::default();
+        assert_eq!(counts.fresh(&region), None);
+        counts.record(&region, stats);
+        assert_eq!(counts.fresh(&region), Some(stats));
+        counts.evict_stale();
+        assert_eq!(counts.fresh(&region), Some(stats), "still fresh");
+        region.region_epoch.as_mut().unwrap().version = 2;
+        assert_eq!(counts.fresh(&region), None, "the range changed");
     }
 
     #[test]
