@@ -183,11 +183,10 @@ async fn region_stats(
     let Ok((files, memtable)) = counted else {
         return RangeStats::default();
     };
-    let memtable = memtable.unwrap_or_default();
-    if cached.is_none() {
-        memtable_counts.record(region, memtable);
+    if let (None, Ok(counted)) = (cached, &memtable) {
+        memtable_counts.record(region, *counted);
     }
-    files.unwrap_or_default() + memtable
+    files.unwrap_or_default() + memtable.unwrap_or_default()
 }
 
 /// The key at which to split `region` in two halves of about equal size,
