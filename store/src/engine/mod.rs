@@ -134,38 +134,10 @@ impl Engine {
     }
 
     /// Size and key count of `[start, end)` in `cf`'s SST files, from the
-    /// files' metadata: files inside the range count whole, files straddling
-    /// a bound count half.
+    /// files' metadata (sizes as stored, compressed): files inside the range
+    /// count whole, files straddling a bound count half.
     pub fn file_stats(&self, cf: &str, start: &[u8], end: &[u8]) -> Result<RangeStats> {
         let mut stats = RangeStats::default();
-        for (file, inside) in self.overlapping_files(cf, start, end)? {
-            let share = if inside { 1 } else { 2 };
-            stats.size += file.size / share;
-            stats.keys += file.keys / share;
-        }
-        Ok(stats)
-    }
-
-    /// Size and key count that `[start, end)` in `cf` cannot exceed, without
-    /// a scan: every SST file overlapping the range counted whole, plus all
-    /// of the column family's memtables.
-    pub fn range_upper_bound(&self, cf: &str, start: &[u8], end: &[u8]) -> Result<RangeStats> {
-        let files = self
-            .overlapping_files(cf, start, end)?
-            .into_iter()
-            .fold(RangeStats::default(), |acc, (file, _)| acc + file);
-        Ok(files + self.memtable_totals(cf)?)
-    }
-
-    /// The SST files of `cf` overlapping `[start, end)`, each with whether
-    /// it lies wholly inside the range.
-    fn overlapping_files(
-        &self,
-        cf: &str,
-        start: &[u8],
-        end: &[u8],
-    ) -> Result<Vec<(RangeStats, bool)>> {
-        let mut files = Vec::new();
         for file in self.db.live_files()? {
             if file.column_family_name != cf {
                 continue;
@@ -177,13 +149,11 @@ impl Engine {
             if last < start || first >= end {
                 continue;
             }
-            let stats = RangeStats {
-                size: file.size as u64,
-                keys: file.num_entries,
-            };
-            files.push((stats, first >= start && last < end));
+            let share = if first >= start && last < end { 1 } else { 2 };
+            stats.size += file.size as u64 / share;
+            stats.keys += file.num_entries / share;
         }
-        Ok(files)
+        Ok(stats)
     }
 
     /// Size and key count of `[start, end)` in `cf`'s memtables, counted
@@ -201,8 +171,7 @@ impl Engine {
     }
 
     /// Bytes and entries in all of `cf`'s memtables, from RocksDB's
-    /// counters (no scan): an upper bound for any range's share. The bytes
-    /// include the memtables' own overhead.
+    /// counters (no scan). The bytes include the memtables' own overhead.
     pub fn memtable_totals(&self, cf: &str) -> Result<RangeStats> {
         let handle = cf_handle(&self.db, cf)?;
         let property = |name: &str| -> Result<u64> {

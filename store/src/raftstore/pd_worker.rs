@@ -21,22 +21,22 @@ use super::msg::{Callback, CmdError, PeerMsg};
 use crate::engine::{RangeStats, Reader, CF_DEFAULT};
 use crate::keys;
 
-/// How long a region's memtable count is reused by its heartbeats:
-/// counting scans the region's memtable entries, and a busy leader
+/// How long a region's measured size is reused by its heartbeats:
+/// measuring scans the region's memtable entries, and a busy leader
 /// heartbeats every second.
-const MEMTABLE_COUNT_TTL: Duration = Duration::from_secs(10);
+const REGION_SIZE_TTL: Duration = Duration::from_secs(10);
 
-/// Each region's last memtable count, by region id, with the region's
-/// epoch version (a split changes the range) and when it was taken.
+/// Each region's last measured size, by region id, with the region's epoch
+/// version (a split changes the range) and when it was taken.
 #[derive(Default)]
-struct MemtableCounts(HashMap<u64, (u64, Instant, RangeStats)>);
+struct RegionSizes(HashMap<u64, (u64, Instant, RangeStats)>);
 
-impl MemtableCounts {
+impl RegionSizes {
     fn fresh(&self, region: &metapb::Region) -> Option<RangeStats> {
         let version = region.region_epoch.unwrap_or_default().version;
         self.0
             .get(&region.id)
-            .filter(|(v, at, _)| *v == version && at.elapsed() < MEMTABLE_COUNT_TTL)
+            .filter(|(v, at, _)| *v == version && at.elapsed() < REGION_SIZE_TTL)
             .map(|(_, _, stats)| *stats)
     }
 
@@ -45,11 +45,11 @@ impl MemtableCounts {
         self.0.insert(region.id, (version, Instant::now(), stats));
     }
 
-    /// Forgets counts too old to be used (regions that went away or stopped
+    /// Forgets sizes too old to be used (regions that went away or stopped
     /// heartbeating).
     fn evict_stale(&mut self) {
         self.0
-            .retain(|_, (_, at, _)| at.elapsed() < MEMTABLE_COUNT_TTL);
+            .retain(|_, (_, at, _)| at.elapsed() < REGION_SIZE_TTL);
     }
 }
 
@@ -63,11 +63,11 @@ pub async fn run(
     let mut responses = pd.heartbeat_responses();
     let mut stream_opens = pd.heartbeat_stream_opens();
     let mut ticker = tokio::time::interval(store_heartbeat);
-    let mut memtable_counts = MemtableCounts::default();
+    let mut region_sizes = RegionSizes::default();
     loop {
         tokio::select! {
             task = tasks.recv() => match task {
-                Some(task) => handle(&services, &pd, &mut memtable_counts, task).await,
+                Some(task) => handle(&services, &pd, &mut region_sizes, task).await,
                 None => return,
             },
             Some(resp) = responses.recv() => on_operator(&services, resp),
@@ -76,7 +76,7 @@ pub async fn run(
                 report_leaders(&services);
             }
             _ = ticker.tick() => {
-                memtable_counts.evict_stale();
+                region_sizes.evict_stale();
                 store_heartbeat_once(&services, &pd).await;
             }
         }
@@ -98,7 +98,7 @@ fn report_leaders(s: &StoreServices) {
 async fn handle(
     s: &StoreServices,
     pd: &Arc<dyn PdClient>,
-    memtable_counts: &mut MemtableCounts,
+    region_sizes: &mut RegionSizes,
     task: PdTask,
 ) {
     match task {
@@ -110,7 +110,7 @@ async fn handle(
             written_keys,
             term,
         } => {
-            let stats = region_stats(s, &region, memtable_counts).await;
+            let stats = region_stats(s, &region, region_sizes).await;
             let req = pdpb::RegionHeartbeatRequest {
                 region: Some(region),
                 leader: Some(leader),
@@ -162,31 +162,34 @@ async fn handle(
 }
 
 /// A region's approximate size and keys: its SST files' share from their
-/// metadata, plus its memtable entries (counted at most once per
-/// [`MEMTABLE_COUNT_TTL`]).
+/// metadata plus its memtable entries, measured at most once per
+/// [`REGION_SIZE_TTL`].
 async fn region_stats(
     s: &StoreServices,
     region: &metapb::Region,
-    memtable_counts: &mut MemtableCounts,
+    region_sizes: &mut RegionSizes,
 ) -> RangeStats {
+    if let Some(stats) = region_sizes.fresh(region) {
+        return stats;
+    }
     let engine = s.engine.clone();
     let start = keys::data_key(&region.start_key);
     let end = keys::data_end_key(&region.end_key);
-    let cached = memtable_counts.fresh(region);
-    let counted = tokio::task::spawn_blocking(move || {
-        let files = engine.file_stats(CF_DEFAULT, &start, &end);
-        let memtable = cached.map_or_else(|| engine.memtable_stats(CF_DEFAULT, &start, &end), Ok);
-        (files, memtable)
+    let measured = tokio::task::spawn_blocking(move || {
+        Ok::<_, crate::engine::EngineError>(
+            engine.file_stats(CF_DEFAULT, &start, &end)?
+                + engine.memtable_stats(CF_DEFAULT, &start, &end)?,
+        )
     })
     .await;
-    // Only while the runtime shuts down.
-    let Ok((files, memtable)) = counted else {
-        return RangeStats::default();
-    };
-    if let (None, Ok(counted)) = (cached, &memtable) {
-        memtable_counts.record(region, *counted);
+    match measured {
+        Ok(Ok(stats)) => {
+            region_sizes.record(region, stats);
+            stats
+        }
+        // The engine failed, or the runtime is shutting down.
+        _ => RangeStats::default(),
     }
-    files.unwrap_or_default() + memtable.unwrap_or_default()
 }
 
 /// The key at which to split `region` in two halves of about equal size,
@@ -199,12 +202,6 @@ pub fn find_split_key(
 ) -> Option<Vec<u8>> {
     let start = keys::data_key(&region.start_key);
     let end = keys::data_end_key(&region.end_key);
-    // Most checks find the region well under the limits: the metadata
-    // says so without a scan.
-    let bound = engine.range_upper_bound(CF_DEFAULT, &start, &end).ok()?;
-    if bound.size < max_size && bound.keys < max_keys {
-        return None;
-    }
     let snap = engine.snapshot();
     let (mut size, mut count) = (0u64, 0u64);
     snap.scan_cf(CF_DEFAULT, &start, &end, false, |k, v| {
@@ -438,7 +435,7 @@ mod tests {
     }
 
     #[test]
-    fn a_memtable_count_is_reused_until_the_region_splits() {
+    fn a_region_size_is_reused_until_the_region_splits() {
         let mut region = metapb::Region {
             id: 7,
             region_epoch: Some(metapb::RegionEpoch {
@@ -448,7 +445,7 @@ mod tests {
             ..Default::default()
         };
         let stats = RangeStats { size: 10, keys: 1 };
-        let mut counts = MemtableCounts::default();
+        let mut counts = RegionSizes::default();
         assert_eq!(counts.fresh(&region), None);
         counts.record(&region, stats);
         assert_eq!(counts.fresh(&region), Some(stats));

@@ -256,6 +256,12 @@ impl Peer {
                 return;
             }
         };
+        if msg.get_msg_type() == MessageType::MsgPropose {
+            // Only clients propose, and only to a leader that answers them;
+            // a proposal raft forwarded from elsewhere has no caller here.
+            debug!(region_id = self.region_id, "dropping a forwarded proposal");
+            return;
+        }
         if m.hibernate {
             self.on_hibernate_notice(&msg);
             return;
@@ -350,7 +356,7 @@ impl Peer {
             if !self.batch.fits(&request) {
                 self.flush_proposals(ctx);
             }
-            self.batch.push(request, callback);
+            self.batch.push(request, callback, self.raft.raft.term);
         } else {
             // Keep the log in arrival order.
             self.flush_proposals(ctx);
@@ -358,10 +364,18 @@ impl Peer {
         }
     }
 
-    /// Proposes the writes merged during this round as one entry.
+    /// Proposes the writes merged during this round as one entry, if this
+    /// peer still leads in the term it accepted them in. Otherwise raft
+    /// would forward them to the new leader while their callers hear
+    /// `NotLeader` and retry: a write applied twice.
     fn flush_proposals(&mut self, ctx: &mut PollContext) {
-        if let Some((request, waiters)) = self.batch.take() {
+        let Some((request, waiters, term)) = self.batch.take() else {
+            return;
+        };
+        if self.is_leader() && self.raft.raft.term == term {
             self.propose_now(ctx, request, waiters);
+        } else {
+            waiters.answer(Err(CmdError::not_leader(self.region_id, self.leader())));
         }
     }
 
@@ -836,7 +850,7 @@ impl Peer {
         write_region_state(wb, &tombstone, PeerState::Tombstone);
         ctx.meta.lock().remove(self.region_id);
         ctx.router.close(self.region_id);
-        if let Some((_, waiters)) = self.batch.take() {
+        if let Some((_, waiters, _)) = self.batch.take() {
             waiters.answer(Err(CmdError::peer_removed_before_apply(self.region_id)));
         }
         self.fail_proposals_up_to(ctx, u64::MAX, CmdError::peer_removed_before_apply);

@@ -21,9 +21,9 @@ const MAX_BYTES: usize = 256 << 10;
 pub struct Waiters(Vec<(usize, Callback)>);
 
 impl Waiters {
-    /// The one caller of an unmerged command.
+    /// The one caller of an unmerged command (who gets its whole answer).
     pub fn one(callback: Callback) -> Waiters {
-        Waiters(vec![(0, callback)])
+        Waiters(vec![(usize::MAX, callback)])
     }
 
     /// How many callers wait.
@@ -63,6 +63,7 @@ impl Waiters {
 #[derive(Default)]
 pub struct ProposalBatch {
     header: Option<RaftRequestHeader>,
+    term: u64,
     requests: Vec<Request>,
     bytes: usize,
     waiters: Vec<(usize, Callback)>,
@@ -99,16 +100,18 @@ impl ProposalBatch {
         self.waiters.is_empty()
     }
 
-    /// Adds `request` and its caller.
-    pub fn push(&mut self, request: RaftCmdRequest, callback: Callback) {
+    /// Adds `request` and its caller, accepted by a leader of `term`.
+    pub fn push(&mut self, request: RaftCmdRequest, callback: Callback, term: u64) {
+        self.term = term;
         self.bytes += payload_bytes(&request);
         self.header = Some(request.header.unwrap_or_default());
         self.waiters.push((request.requests.len(), callback));
         self.requests.extend(request.requests);
     }
 
-    /// The merged command and its callers, if any write was added.
-    pub fn take(&mut self) -> Option<(RaftCmdRequest, Waiters)> {
+    /// The merged command, its callers and the term they were accepted in,
+    /// if any write was added.
+    pub fn take(&mut self) -> Option<(RaftCmdRequest, Waiters, u64)> {
         let header = self.header.take()?;
         self.bytes = 0;
         let request = RaftCmdRequest {
@@ -116,7 +119,11 @@ impl ProposalBatch {
             requests: std::mem::take(&mut self.requests),
             admin_request: None,
         };
-        Some((request, Waiters(std::mem::take(&mut self.waiters))))
+        Some((
+            request,
+            Waiters(std::mem::take(&mut self.waiters)),
+            self.term,
+        ))
     }
 }
 
@@ -165,7 +172,7 @@ mod tests {
     }
 
     #[test]
-    fn only_plain_writes_with_the_same_header_merge_within_limits() {
+    fn only_plain_writes_of_one_epoch_merge_within_limits() {
         let cas = Request {
             cmd: Some(request::Cmd::Cas(CasRequest::default())),
         };
@@ -179,7 +186,7 @@ mod tests {
         let mut batch = ProposalBatch::default();
         assert!(batch.take().is_none());
         assert!(batch.is_empty());
-        batch.push(command(1, vec![put("a", 1)]), oneshot::channel().0);
+        batch.push(command(1, vec![put("a", 1)]), oneshot::channel().0, 3);
         assert!(batch.fits(&command(1, vec![put("b", 1)])));
         assert!(!batch.fits(&command(2, vec![put("b", 1)])), "other epoch");
         assert!(
@@ -190,10 +197,12 @@ mod tests {
             batch.push(
                 command(1, vec![put(&i.to_string(), 1)]),
                 oneshot::channel().0,
+                3,
             );
         }
         assert!(!batch.fits(&command(1, vec![put("z", 1)])), "too many");
-        let (merged, waiters) = batch.take().unwrap();
+        let (merged, waiters, term) = batch.take().unwrap();
+        assert_eq!(term, 3, "the term the writes were accepted in");
         assert_eq!(merged.requests.len(), MAX_REQUESTS);
         assert_eq!(waiters.callers(), MAX_REQUESTS);
         assert!(batch.take().is_none(), "take empties the batch");
@@ -205,9 +214,9 @@ mod tests {
         let mut batch = ProposalBatch::default();
         let (tx1, mut rx1) = oneshot::channel();
         let (tx2, mut rx2) = oneshot::channel();
-        batch.push(command(1, vec![put("a", 1), put("b", 1)]), tx1);
-        batch.push(command(1, vec![put("c", 1)]), tx2);
-        let (_, waiters) = batch.take().unwrap();
+        batch.push(command(1, vec![put("a", 1), put("b", 1)]), tx1, 3);
+        batch.push(command(1, vec![put("c", 1)]), tx2, 3);
+        let (_, waiters, _) = batch.take().unwrap();
         let responses = (0..3)
             .map(|i| Response {
                 cas: Some(CasResponse {
@@ -229,9 +238,9 @@ mod tests {
 
         let (tx1, mut rx1) = oneshot::channel();
         let (tx2, mut rx2) = oneshot::channel();
-        batch.push(command(1, vec![put("a", 1)]), tx1);
-        batch.push(command(1, vec![put("b", 1)]), tx2);
-        let (_, waiters) = batch.take().unwrap();
+        batch.push(command(1, vec![put("a", 1)]), tx1, 3);
+        batch.push(command(1, vec![put("b", 1)]), tx2, 3);
+        let (_, waiters, _) = batch.take().unwrap();
         waiters.answer(Err(super::super::msg::CmdError::stale_command()));
         assert!(rx1.try_recv().unwrap().is_err());
         assert!(rx2.try_recv().unwrap().is_err());
