@@ -2,8 +2,9 @@
 //! on it, and how it reacts to messages, ticks and apply results.
 //!
 //! A poll round runs [`Peer::handle`] for each message, then
-//! [`Peer::collect_ready`] (which adds the peer's log and hard state to the
-//! round's shared write batch), then — after the one synced write —
+//! [`Peer::collect_ready`] (which proposes the round's merged writes and
+//! adds the peer's log and hard state to the round's shared write batch),
+//! then — after the one synced write —
 //! [`Peer::post_ready`] (which sends messages and hands committed entries to
 //! the apply pool).
 
