@@ -202,8 +202,9 @@ fn approximate_size_grows_with_data() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(dir.path());
     let stats = |start: &[u8], end: &[u8]| {
-        engine.file_stats(CF_DEFAULT, start, end).unwrap()
-            + engine.memtable_stats(CF_DEFAULT, start, end).unwrap()
+        engine
+            .approximate_range_stats(CF_DEFAULT, start, end)
+            .unwrap()
     };
     assert_eq!(stats(b"a", b"b").keys, 0);
     // Incompressible values, so that file sizes reflect the data written.

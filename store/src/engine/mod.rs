@@ -133,6 +133,18 @@ impl Engine {
         }
     }
 
+    /// Approximate size and key count of `[start, end)` in `cf`: the SST
+    /// files' share ([`Engine::file_stats`]) plus the memtable entries,
+    /// counted exactly (a scan of the range's memtable entries).
+    pub fn approximate_range_stats(
+        &self,
+        cf: &str,
+        start: &[u8],
+        end: &[u8],
+    ) -> Result<RangeStats> {
+        Ok(self.file_stats(cf, start, end)? + self.memtable_stats(cf, start, end)?)
+    }
+
     /// Size and key count of `[start, end)` in `cf`'s SST files, from the
     /// files' metadata (sizes as stored, compressed): files inside the range
     /// count whole, files straddling a bound count half.
@@ -156,9 +168,8 @@ impl Engine {
         Ok(stats)
     }
 
-    /// Size and key count of `[start, end)` in `cf`'s memtables, counted
-    /// exactly: a scan of the range's memtable entries.
-    pub fn memtable_stats(&self, cf: &str, start: &[u8], end: &[u8]) -> Result<RangeStats> {
+    /// A range's memtable entries, counted exactly (a scan).
+    fn memtable_stats(&self, cf: &str, start: &[u8], end: &[u8]) -> Result<RangeStats> {
         let mut stats = RangeStats::default();
         let mut opts = ReadOptions::default();
         opts.set_read_tier(ReadTier::Memtable);

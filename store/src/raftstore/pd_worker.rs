@@ -176,10 +176,7 @@ async fn region_stats(
     let start = keys::data_key(&region.start_key);
     let end = keys::data_end_key(&region.end_key);
     let measured = tokio::task::spawn_blocking(move || {
-        Ok::<_, crate::engine::EngineError>(
-            engine.file_stats(CF_DEFAULT, &start, &end)?
-                + engine.memtable_stats(CF_DEFAULT, &start, &end)?,
-        )
+        engine.approximate_range_stats(CF_DEFAULT, &start, &end)
     })
     .await;
     match measured {
