@@ -3,7 +3,7 @@
 //! test cluster both call this.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use concord_proto::kvrpcpb::{Context, KvPair};
 use concord_proto::metapb;
@@ -21,7 +21,7 @@ use crate::raftstore::msg::{CmdResponse, KeyRange, ReadResponse};
 use crate::raftstore::storage::read_state;
 use concord_common::limits::Limits;
 
-use crate::raftstore::{CmdError, PdTask, PeerMsg, StoreRouter, StoreServices};
+use crate::raftstore::{CmdError, PdTask, PeerMsg, RaftStats, StoreRouter, StoreServices};
 use crate::{keys, raw_value};
 
 /// How long a request may wait for raft before it fails.
@@ -57,6 +57,7 @@ pub struct KvApi {
     meta: Arc<Mutex<StoreMeta>>,
     engine: crate::engine::Engine,
     pd_tx: tokio::sync::mpsc::UnboundedSender<PdTask>,
+    stats: Arc<RaftStats>,
 }
 
 fn header(ctx: &Context) -> RaftRequestHeader {
@@ -90,6 +91,7 @@ impl KvApi {
             meta: s.meta.clone(),
             engine: s.engine.clone(),
             pd_tx: s.pd_tx.clone(),
+            stats: s.stats.clone(),
         }
     }
 
@@ -126,6 +128,7 @@ impl KvApi {
     /// Proposes `requests` (or an admin command) and waits until applied.
     pub async fn command(&self, request: RaftCmdRequest) -> Result<CmdResponse, CmdError> {
         let region_id = request.header.as_ref().map_or(0, |h| h.region_id);
+        let arrived = Instant::now();
         let (tx, rx) = oneshot::channel();
         let msg = PeerMsg::Command {
             request,
@@ -136,7 +139,11 @@ impl KvApi {
         }
         // Once proposed, a command may commit even if this peer goes away.
         let gone = CmdError::outcome_unknown(region_id, "the peer went away with this command");
-        self.wait(rx, region_id, gone).await
+        let answer = self.wait(rx, region_id, gone).await;
+        if answer.is_ok() {
+            self.stats.write.record(arrived.elapsed());
+        }
+        answer
     }
 
     async fn write(&self, ctx: &Context, requests: Vec<Request>) -> Result<CmdResponse, CmdError> {

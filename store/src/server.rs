@@ -322,7 +322,7 @@ fn metrics_text(s: &StoreServices) -> String {
         )
     };
     let stats = &s.stats;
-    let metrics: [(&str, &str, &str, String); 9] = [
+    let metrics: [(&str, &str, &str, String); 6] = [
         (
             "regions",
             "gauge",
@@ -348,15 +348,9 @@ fn metrics_text(s: &StoreServices) -> String {
             s.pending_proposals.load(Relaxed).to_string(),
         ),
         (
-            "raft_log_writes",
-            "counter",
-            "Synced raft log writes (one per poll round).",
-            stats.log_writes.load(Relaxed).to_string(),
-        ),
-        (
             "raft_persisted_readies",
             "counter",
-            "Region readies persisted by those writes.",
+            "Region readies persisted by the synced raft log writes.",
             stats.persisted_readies.load(Relaxed).to_string(),
         ),
         (
@@ -365,24 +359,47 @@ fn metrics_text(s: &StoreServices) -> String {
             "Entries the slowest follower is behind, summed over the regions led here.",
             log_lag.to_string(),
         ),
+    ];
+    // Stages of the write path, as summaries (`_sum` / `_count` is the mean).
+    let timings = [
         (
-            "apply_wait_seconds_sum",
-            "counter",
-            "Time committed entries waited for an apply thread.",
-            format!("{:.6}", stats.apply_wait_micros.load(Relaxed) as f64 / 1e6),
+            "raft_log_write_seconds",
+            "Synced raft log writes (one per poll round), leader or follower.",
+            &stats.log_write,
         ),
         (
-            "apply_wait_seconds_count",
-            "counter",
-            "Batches of committed entries applied.",
-            stats.applied_batches.load(Relaxed).to_string(),
+            "commit_wait_seconds",
+            "Proposed log entries, from proposal until committed and handed to apply.",
+            &stats.commit_wait,
+        ),
+        (
+            "apply_wait_seconds",
+            "Batches of committed entries, waiting for an apply thread.",
+            &stats.apply_wait,
+        ),
+        (
+            "apply_seconds",
+            "Apply rounds: applying, writing and answering the callers.",
+            &stats.apply,
+        ),
+        (
+            "write_seconds",
+            "Writes answered OK, from arrival at this store until answered.",
+            &stats.write,
         ),
     ];
+    let id = s.store_id;
     let mut out = String::new();
     for (name, kind, help, value) in metrics {
         out.push_str(&format!(
             "# HELP concord_store_{name} {help}\n# TYPE concord_store_{name} {kind}\nconcord_store_{name}{{store=\"{id}\"}} {value}\n",
-            id = s.store_id
+        ));
+    }
+    for (name, help, timing) in timings {
+        out.push_str(&format!(
+            "# HELP concord_store_{name} {help}\n# TYPE concord_store_{name} summary\nconcord_store_{name}_sum{{store=\"{id}\"}} {:.6}\nconcord_store_{name}_count{{store=\"{id}\"}} {}\n",
+            timing.seconds(),
+            timing.count(),
         ));
     }
     out

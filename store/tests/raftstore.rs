@@ -530,7 +530,7 @@ fn one_fsync_persists_the_readies_of_many_regions() {
         cluster.store_ids().into_iter().fold((0, 0), |(w, r), s| {
             let stats = &cluster.services(s).stats;
             (
-                w + stats.log_writes.load(Relaxed),
+                w + stats.log_write.count(),
                 r + stats.persisted_readies.load(Relaxed),
             )
         })
@@ -703,8 +703,7 @@ fn a_write_whose_entry_only_a_snapshot_brings_back_is_answered_outcome_unknown()
 }
 
 #[test]
-fn raft_log_lag_and_apply_wait_are_measured() {
-    use std::sync::atomic::Ordering::Relaxed;
+fn raft_log_lag_and_the_write_path_stages_are_measured() {
     let cluster = Cluster::new(3, &[1, 2, 3], test_config());
     let leader = cluster.wait_leader(FIRST_REGION);
     let follower = (1..=3).find(|s| *s != leader).unwrap();
@@ -733,8 +732,24 @@ fn raft_log_lag_and_apply_wait_are_measured() {
         "lag {:?}",
         lag(leader)
     );
+    // The writes went through every stage on their leader.
     let stats = &cluster.services(leader).stats;
-    assert!(stats.applied_batches.load(Relaxed) > 0);
+    for (stage, timing) in [
+        ("write", &stats.write),
+        ("commit wait", &stats.commit_wait),
+        ("apply wait", &stats.apply_wait),
+        ("apply", &stats.apply),
+        ("raft log write", &stats.log_write),
+    ] {
+        assert!(
+            timing.count() > 0 && timing.seconds() > 0.0,
+            "{stage}: {timing:?}"
+        );
+    }
+    let writes: u64 = (1..=3)
+        .map(|s| cluster.services(s).stats.write.count())
+        .sum();
+    assert!(writes >= 20, "{writes} writes timed");
     cluster.shutdown();
 }
 

@@ -155,6 +155,8 @@ impl ApplyWorker {
         let mut stopping = false;
         while !stopping {
             let Ok(first) = rx.recv() else { return };
+            let started = Instant::now();
+            let mut applied = false;
             let mut pending = Pending::default();
             let mut fences = Vec::new();
             for task in std::iter::once(first).chain(rx.try_iter().take(MAX_TASKS_PER_BATCH)) {
@@ -178,8 +180,9 @@ impl ApplyWorker {
                         callbacks,
                         queued_at,
                     } => {
-                        self.stats.record_apply_wait(queued_at.elapsed());
-                        self.apply(&mut pending, region_id, entries, callbacks)
+                        self.stats.apply_wait.record(queued_at.elapsed());
+                        self.apply(&mut pending, region_id, entries, callbacks);
+                        applied = true;
                     }
                     ApplyTask::Fence(tx) => fences.push(tx),
                     ApplyTask::Stop => stopping = true,
@@ -193,6 +196,9 @@ impl ApplyWorker {
                 }
             }
             self.commit(&mut pending);
+            if applied {
+                self.stats.apply.record(started.elapsed());
+            }
             for f in fences {
                 let _ = f.send(());
             }

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use concord_proto::metapb;
 use concord_proto::raft_serverpb::RaftMessage;
@@ -96,27 +97,58 @@ pub struct StoreServices {
     pub stats: Arc<RaftStats>,
 }
 
-/// Counters of the raft write path, for metrics and tests.
+/// A running total of durations and how many there were: a Prometheus
+/// summary's `_sum` and `_count`, whose ratio over an interval is the
+/// mean duration in it.
+#[derive(Debug, Default)]
+pub struct Timing {
+    micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Timing {
+    /// Adds one duration.
+    pub fn record(&self, elapsed: Duration) {
+        self.micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many durations were recorded.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Their total, in seconds.
+    pub fn seconds(&self) -> f64 {
+        self.micros.load(Ordering::Relaxed) as f64 / 1e6
+    }
+}
+
+/// Counters and stage timings of the write path, for metrics and tests.
+/// Along a write: [`Self::write`] spans its whole stay in the leader's
+/// store; within it [`Self::commit_wait`] (proposed until committed: the
+/// log writes here and on a quorum, and the round trips), then
+/// [`Self::apply_wait`] and [`Self::apply`]. [`Self::log_write`] times each
+/// synced raft write on every store, leader or follower.
 #[derive(Debug, Default)]
 pub struct RaftStats {
     /// Synced writes of raft state (one per poll round with work).
-    pub log_writes: AtomicU64,
-    /// Region readies persisted by those writes; divided by `log_writes`
-    /// this is how many regions share each fsync.
+    pub log_write: Timing,
+    /// Region readies persisted by those writes; divided by the number of
+    /// writes this is how many regions share each fsync.
     pub persisted_readies: AtomicU64,
-    /// Total time committed entries waited for an apply thread, in µs.
-    pub apply_wait_micros: AtomicU64,
-    /// Batches of committed entries applied.
-    pub applied_batches: AtomicU64,
-}
-
-impl RaftStats {
-    /// Records how long a batch of committed entries waited to be applied.
-    pub fn record_apply_wait(&self, wait: std::time::Duration) {
-        self.apply_wait_micros
-            .fetch_add(wait.as_micros() as u64, Ordering::Relaxed);
-        self.applied_batches.fetch_add(1, Ordering::Relaxed);
-    }
+    /// Per proposed entry: from its proposal until the leader hands it to
+    /// apply.
+    pub commit_wait: Timing,
+    /// Per batch of committed entries: the wait for an apply thread.
+    pub apply_wait: Timing,
+    /// Per round of an apply thread: applying its batches, the engine
+    /// write and answering the callers.
+    pub apply: Timing,
+    /// Per write command served by this store: from its arrival until
+    /// its answer.
+    pub write: Timing,
 }
 
 /// The services plus the per-round state of one raft poller.
@@ -185,13 +217,14 @@ impl PollContext {
             return;
         }
         let wb = std::mem::replace(&mut self.wb, self.services.engine.write_batch());
+        let started = Instant::now();
         if let Err(e) = self.services.engine.write(wb, true) {
             // Raft must not go on as if the log were durable.
             tracing::error!("raft log write failed: {e}");
             std::process::abort();
         }
         let stats = &self.services.stats;
-        stats.log_writes.fetch_add(1, Ordering::Relaxed);
+        stats.log_write.record(started.elapsed());
         stats
             .persisted_readies
             .fetch_add(std::mem::take(&mut self.round_readies), Ordering::Relaxed);

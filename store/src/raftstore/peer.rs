@@ -40,6 +40,7 @@ struct Proposal {
     index: u64,
     term: u64,
     waiters: Waiters,
+    proposed_at: Instant,
 }
 
 struct PendingRead {
@@ -411,6 +412,7 @@ impl Peer {
                     index,
                     term: self.raft.raft.term,
                     waiters,
+                    proposed_at: Instant::now(),
                 });
             }
             // Dropped while leadership is moving: retry with the new leader.
@@ -1041,6 +1043,7 @@ impl Peer {
             let p = self.proposals.pop_front().expect("front exists");
             ctx.pending_proposals
                 .fetch_sub(p.waiters.callers(), Ordering::Relaxed);
+            ctx.stats.commit_wait.record(p.proposed_at.elapsed());
             callbacks.push((p.index, p.term, p.waiters));
         }
         ctx.apply.schedule(
