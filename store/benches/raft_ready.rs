@@ -32,6 +32,7 @@ use concord_store::raftstore::meta::StoreMeta;
 use concord_store::raftstore::msg::CmdResult;
 use concord_store::raftstore::peer::Peer;
 use concord_store::raftstore::router::ReadyQueue;
+use concord_store::raftstore::snapshot::SnapshotBuilder;
 use concord_store::raftstore::storage::read_state;
 use concord_store::raftstore::store::write_first_region;
 use concord_store::raftstore::{
@@ -105,6 +106,7 @@ impl Fixture {
             engine: engine.clone(),
             router: router.clone(),
             apply: apply.clone(),
+            snapshots: Arc::new(SnapshotBuilder::start(engine.clone(), router.clone())),
             meta: Arc::new(Mutex::new(StoreMeta::default())),
             transport: Arc::new(NullTransport),
             pd_tx,

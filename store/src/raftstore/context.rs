@@ -17,6 +17,7 @@ use super::config::RaftStoreConfig;
 use super::meta::StoreMeta;
 use super::msg::Callback;
 use super::router::StoreRouter;
+use super::snapshot::SnapshotBuilder;
 use crate::engine::{Engine, WriteBatch};
 
 /// Sends raft messages to other stores. Delivery is best effort: raft
@@ -85,6 +86,8 @@ pub struct StoreServices {
     pub router: StoreRouter,
     /// The apply threads.
     pub apply: Arc<ApplyPool>,
+    /// The thread that builds snapshots for followers.
+    pub snapshots: Arc<SnapshotBuilder>,
     /// Ranges and leadership of all regions.
     pub meta: Arc<Mutex<StoreMeta>>,
     /// Store-to-store messages.

@@ -12,6 +12,7 @@ pub mod peer;
 pub mod poller;
 pub mod proposal_batch;
 pub mod router;
+pub mod snapshot;
 pub mod storage;
 pub mod store;
 pub mod util;

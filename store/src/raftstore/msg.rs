@@ -220,6 +220,9 @@ pub enum PeerMsg {
     /// Report the region to PD now if this peer leads it (PD's heartbeat
     /// stream reopened). Does not wake a hibernating peer.
     HeartbeatPd,
+    /// A snapshot of the region from the snapshot thread, or why it could
+    /// not be built.
+    SnapshotBuilt(Result<raft::eraftpb::Snapshot, String>),
     /// Outcome of sending a snapshot to `to_peer_id`.
     SnapshotStatus {
         /// The peer the snapshot went to.
@@ -240,6 +243,10 @@ impl std::fmt::Debug for PeerMsg {
             PeerMsg::Applied(r) => write!(f, "Applied({:?})", r.apply_state),
             PeerMsg::TransferLeader(p) => write!(f, "TransferLeader({p:?})"),
             PeerMsg::HeartbeatPd => write!(f, "HeartbeatPd"),
+            PeerMsg::SnapshotBuilt(Ok(s)) => {
+                write!(f, "SnapshotBuilt(index {})", s.get_metadata().index)
+            }
+            PeerMsg::SnapshotBuilt(Err(e)) => write!(f, "SnapshotBuilt({e})"),
             PeerMsg::SnapshotStatus {
                 to_peer_id,
                 delivered,

@@ -214,6 +214,12 @@ impl Peer {
             }
             PeerMsg::HeartbeatPd if self.is_leader() => self.heartbeat_pd(ctx),
             PeerMsg::HeartbeatPd => {}
+            PeerMsg::SnapshotBuilt(built) => {
+                if let Some(to) = self.raft.mut_store().finish_snapshot(built) {
+                    // Raft gave up sending it for now; offer it right away.
+                    self.raft.raft.send_append(to);
+                }
+            }
             PeerMsg::SnapshotStatus {
                 to_peer_id,
                 delivered,
@@ -871,6 +877,9 @@ impl Peer {
     /// appends) are queued; the poller sends them before writing the batch.
     pub fn collect_ready(&mut self, ctx: &mut PollContext) {
         self.flush_proposals(ctx);
+        if self.raft.store().start_snapshot() {
+            ctx.snapshots.build(self.region_id);
+        }
         if self.asleep && self.is_leader() && !self.is_idle() {
             // A follower turned out to lack entries: replicate awake.
             self.wake();
@@ -1020,6 +1029,8 @@ impl Peer {
                     .callback
                     .send(Err(CmdError::not_leader(self.region_id, hint)));
             }
+            // Only a leader sends snapshots.
+            self.raft.mut_store().drop_snapshot();
         }
     }
 

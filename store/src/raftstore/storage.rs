@@ -5,6 +5,8 @@
 //! they are added to the write batch of the poll round (group commit), and
 //! the in-memory states here are updated in step.
 
+use std::cell::RefCell;
+
 use concord_proto::metapb::{self, PeerRole};
 use concord_proto::raft_serverpb::{
     PeerState, RaftApplyState, RaftLocalState, RaftTruncatedState, RegionLocalState,
@@ -139,6 +141,22 @@ pub struct PeerStorage {
     raft_state: RaftLocalState,
     apply_state: RaftApplyState,
     last_term: u64,
+    /// Raft asks for snapshots through `&self`.
+    snapshot: RefCell<SnapshotState>,
+}
+
+/// Where a leader's snapshot for a follower stands (built off the raft
+/// thread, see [`super::snapshot`]).
+#[derive(Default)]
+enum SnapshotState {
+    #[default]
+    None,
+    /// Raft asked for one, to send to peer `to`; not handed out yet.
+    Wanted { to: u64 },
+    /// The snapshot thread builds it.
+    Building { to: u64 },
+    /// Built; raft takes it when it asks next.
+    Built(Snapshot),
 }
 
 impl PeerStorage {
@@ -157,6 +175,7 @@ impl PeerStorage {
             raft_state,
             apply_state,
             last_term: 0,
+            snapshot: RefCell::default(),
         };
         // A hard state whose only change is the commit index is not written
         // (see `set_hard_state`), and entries apply before their commit is
@@ -168,6 +187,48 @@ impl PeerStorage {
         let last = storage.raft_state.last_index;
         storage.last_term = storage.term_of(last)?;
         Ok(storage)
+    }
+
+    /// Marks a wanted snapshot as being built; true if one was wanted (the
+    /// caller then hands the work to the snapshot thread).
+    pub fn start_snapshot(&self) -> bool {
+        let mut state = self.snapshot.borrow_mut();
+        match *state {
+            SnapshotState::Wanted { to } => {
+                *state = SnapshotState::Building { to };
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Takes the snapshot thread's result; the peer it was wanted for, if
+    /// it is now ready for raft to send.
+    pub fn finish_snapshot(&mut self, built: Result<Snapshot, String>) -> Option<u64> {
+        let state = self.snapshot.get_mut();
+        let SnapshotState::Building { to } = *state else {
+            // Dropped meanwhile (this peer stopped leading).
+            return None;
+        };
+        match built {
+            Ok(snap) => {
+                *state = SnapshotState::Built(snap);
+                Some(to)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    region_id = self.region.id,
+                    "building a snapshot failed: {e}"
+                );
+                *state = SnapshotState::None;
+                None
+            }
+        }
+    }
+
+    /// Forgets any snapshot wanted, in the making or built.
+    pub fn drop_snapshot(&mut self) {
+        *self.snapshot.get_mut() = SnapshotState::None;
     }
 
     /// The region as this peer knows it.
@@ -319,43 +380,44 @@ impl PeerStorage {
         self.region = region;
         Ok(())
     }
+}
 
-    fn generate_snapshot(&self) -> Result<Snapshot, StorageFault> {
-        let id = self.region.id;
-        let snap = self.engine.snapshot();
-        let apply: RaftApplyState =
-            read_state(&snap, &keys::apply_state_key(id), "apply state", id)?
-                .ok_or_else(|| corrupt("apply state", id, "missing"))?;
-        let local: RegionLocalState =
-            read_state(&snap, &keys::region_state_key(id), "region state", id)?
-                .ok_or_else(|| corrupt("region state", id, "missing"))?;
-        let region = local.region.unwrap_or_default();
-        let start = keys::data_key(&region.start_key);
-        let end = keys::data_end_key(&region.end_key);
-        let mut entries = Vec::new();
-        for cf in DATA_CFS {
-            snap.scan_cf(cf, &start, &end, false, |k, v| {
-                entries.push(SnapshotEntry {
-                    cf: cf.to_string(),
-                    key: k.to_vec(),
-                    value: v.to_vec(),
-                });
-                true
-            })?;
-        }
-        let mut out = Snapshot::default();
-        let meta = out.mut_metadata();
-        meta.index = apply.applied_index;
-        meta.term = apply.applied_term;
-        meta.set_conf_state(conf_state_of(&region));
-        out.data = RegionSnapshot {
-            region: Some(region),
-            entries,
-        }
-        .encode_to_vec()
-        .into();
-        Ok(out)
+/// A snapshot of region `id` as this store has applied it: its data and
+/// region at the applied index, read from one point-in-time view of
+/// `engine` (see [`super::snapshot`]).
+pub fn build_snapshot(engine: &Engine, id: u64) -> Result<Snapshot, StorageFault> {
+    let snap = engine.snapshot();
+    let apply: RaftApplyState = read_state(&snap, &keys::apply_state_key(id), "apply state", id)?
+        .ok_or_else(|| corrupt("apply state", id, "missing"))?;
+    let local: RegionLocalState =
+        read_state(&snap, &keys::region_state_key(id), "region state", id)?
+            .ok_or_else(|| corrupt("region state", id, "missing"))?;
+    let region = local.region.unwrap_or_default();
+    let start = keys::data_key(&region.start_key);
+    let end = keys::data_end_key(&region.end_key);
+    let mut entries = Vec::new();
+    for cf in DATA_CFS {
+        snap.scan_cf(cf, &start, &end, false, |k, v| {
+            entries.push(SnapshotEntry {
+                cf: cf.to_string(),
+                key: k.to_vec(),
+                value: v.to_vec(),
+            });
+            true
+        })?;
     }
+    let mut out = Snapshot::default();
+    let meta = out.mut_metadata();
+    meta.index = apply.applied_index;
+    meta.term = apply.applied_term;
+    meta.set_conf_state(conf_state_of(&region));
+    out.data = RegionSnapshot {
+        region: Some(region),
+        entries,
+    }
+    .encode_to_vec()
+    .into();
+    Ok(out)
 }
 
 impl raft::Storage for PeerStorage {
@@ -447,7 +509,86 @@ impl raft::Storage for PeerStorage {
         Ok(self.raft_state.last_index)
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        self.generate_snapshot().map_err(to_raft_error)
+    /// A built snapshot recent enough for the request (and the log's
+    /// start); otherwise marks one wanted and answers that it is not
+    /// available yet (raft asks again on its next append to `to`).
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let mut state = self.snapshot.borrow_mut();
+        match std::mem::take(&mut *state) {
+            SnapshotState::Built(snap)
+                if snap.get_metadata().index >= request_index.max(self.truncated().index) =>
+            {
+                return Ok(snap);
+            }
+            pending @ (SnapshotState::Wanted { .. } | SnapshotState::Building { .. }) => {
+                *state = pending;
+            }
+            // None yet, or one too old for this request.
+            SnapshotState::None | SnapshotState::Built(_) => *state = SnapshotState::Wanted { to },
+        }
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::CF_DEFAULT;
+    use raft::Storage as _;
+
+    fn unavailable(r: raft::Result<Snapshot>) -> bool {
+        matches!(
+            r,
+            Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable
+            ))
+        )
+    }
+
+    #[test]
+    fn raft_gets_a_snapshot_only_once_the_snapshot_thread_has_built_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path(), &Default::default()).unwrap();
+        let region = metapb::Region {
+            id: 7,
+            peers: vec![metapb::Peer {
+                id: 1,
+                store_id: 1,
+                ..Default::default()
+            }],
+            region_epoch: Some(Default::default()),
+            ..Default::default()
+        };
+        let mut wb = engine.write_batch();
+        write_initial_states(&mut wb, &region);
+        wb.put_cf(CF_DEFAULT, &keys::data_key(b"k"), b"v").unwrap();
+        engine.write(wb, true).unwrap();
+        let mut storage = PeerStorage::load(engine.clone(), region).unwrap();
+        let build = || build_snapshot(&engine, 7).map_err(|e| e.to_string());
+
+        assert!(!storage.start_snapshot(), "nothing was asked for");
+        assert!(unavailable(storage.snapshot(0, 2)));
+        assert!(storage.start_snapshot());
+        // Asked again while it is being built: still unavailable, and no
+        // second build is started.
+        assert!(unavailable(storage.snapshot(0, 3)));
+        assert!(!storage.start_snapshot());
+        assert_eq!(storage.finish_snapshot(build()), Some(2));
+        let snap = storage.snapshot(0, 2).unwrap();
+        assert_eq!(snap.get_metadata().index, RAFT_INIT_LOG_INDEX);
+        let payload = RegionSnapshot::decode(&snap.data[..]).unwrap();
+        assert!(payload
+            .entries
+            .iter()
+            .any(|e| e.key == keys::data_key(b"k")));
+        // Raft took it: the next request starts a new build.
+        assert!(unavailable(storage.snapshot(0, 2)));
+        assert!(storage.start_snapshot());
+        // A peer that stops leading drops the build in progress.
+        storage.drop_snapshot();
+        assert_eq!(storage.finish_snapshot(build()), None);
+        assert!(unavailable(storage.snapshot(0, 2)));
     }
 }

@@ -22,6 +22,7 @@ use super::meta::StoreMeta;
 use super::msg::PeerMsg;
 use super::peer::Peer;
 use super::router::StoreRouter;
+use super::snapshot::SnapshotBuilder;
 use super::storage::{read_state, write_initial_states, StorageFault};
 use super::{pd_worker, poller};
 use crate::engine::{Engine, Reader, CF_RAFT};
@@ -200,6 +201,7 @@ impl Store {
             engine: engine.clone(),
             router: router.clone(),
             apply: apply.clone(),
+            snapshots: Arc::new(SnapshotBuilder::start(engine.clone(), router.clone())),
             meta: Arc::new(Mutex::new(StoreMeta::default())),
             transport,
             pd_tx,
@@ -286,6 +288,8 @@ impl Store {
         let _ = self.pd_worker.await;
         let apply = self.services.apply.clone();
         let _ = tokio::task::spawn_blocking(move || apply.stop()).await;
+        let snapshots = self.services.snapshots.clone();
+        let _ = tokio::task::spawn_blocking(move || snapshots.stop()).await;
         self.services.router.close_all();
     }
 }
