@@ -106,7 +106,7 @@ impl Fixture {
             engine: engine.clone(),
             router: router.clone(),
             apply: apply.clone(),
-            snapshots: Arc::new(SnapshotBuilder::start(engine.clone(), router.clone())),
+            snapshots: Arc::new(SnapshotBuilder::start(router.clone())),
             meta: Arc::new(Mutex::new(StoreMeta::default())),
             transport: Arc::new(NullTransport),
             pd_tx,

@@ -36,6 +36,11 @@ use super::util;
 use crate::engine::{CF_RAFT, DATA_CFS};
 use crate::keys;
 
+/// How long a built snapshot waits for raft to take it before it is
+/// dropped (raft retries a follower that needs one at every heartbeat
+/// answer, five times a second).
+const UNTAKEN_SNAPSHOT_TTL: Duration = Duration::from_secs(10);
+
 struct Proposal {
     index: u64,
     term: u64,
@@ -215,8 +220,12 @@ impl Peer {
             PeerMsg::HeartbeatPd if self.is_leader() => self.heartbeat_pd(ctx),
             PeerMsg::HeartbeatPd => {}
             PeerMsg::SnapshotBuilt(built) => {
-                if let Some(to) = self.raft.mut_store().finish_snapshot(built) {
-                    // Raft gave up sending it for now; offer it right away.
+                let to = self.raft.mut_store().finish_snapshot(built);
+                // Raft gave up sending it for now: offer it right away, if
+                // this peer still leads and `to` is still a member.
+                if let Some(to) =
+                    to.filter(|to| self.is_leader() && self.raft.raft.prs().get(*to).is_some())
+                {
                     self.raft.raft.send_append(to);
                 }
             }
@@ -633,6 +642,7 @@ impl Peer {
     }
 
     fn housekeeping(&mut self, ctx: &mut PollContext) {
+        self.raft.mut_store().expire_snapshot(UNTAKEN_SNAPSHOT_TTL);
         let last = self.raft.raft.raft_log.last_index();
         let min_matched = self.min_matched().unwrap_or(last);
         ctx.meta
@@ -682,12 +692,15 @@ impl Peer {
             return;
         }
         let min_matched = self.min_matched().unwrap_or(applied);
-        // Keep what lagging followers still need, within a bounded lag.
+        // Keep what lagging followers still need, within a bounded lag, and
+        // what follows a snapshot in the making (its follower goes on from
+        // there).
         let compact = if applied - min_matched.min(applied) > ctx.cfg.raft_log_gc_max_lag {
             applied
         } else {
             min_matched.min(applied)
         };
+        let compact = compact.min(self.raft.store().snapshot_floor().unwrap_or(u64::MAX));
         if compact < first {
             return;
         }
@@ -748,6 +761,8 @@ impl Peer {
         // Acknowledgements from the old voters say nothing about the new
         // quorum: confirm leadership afresh before the next lease read.
         self.lease_until = None;
+        // A snapshot built before describes the old configuration.
+        self.raft.mut_store().drop_snapshot();
         if let Err(e) = self.raft.apply_conf_change(&cc) {
             warn!(
                 region_id = self.region_id,
@@ -780,6 +795,8 @@ impl Peer {
         regions: Vec<metapb::Region>,
     ) {
         self.raft.mut_store().set_region(derived.clone());
+        // A snapshot built before covers the whole unsplit range.
+        self.raft.mut_store().drop_snapshot();
         let was_leader = self.is_leader();
         let mut meta = ctx.meta.lock();
         meta.set_region(&derived);
@@ -877,8 +894,10 @@ impl Peer {
     /// appends) are queued; the poller sends them before writing the batch.
     pub fn collect_ready(&mut self, ctx: &mut PollContext) {
         self.flush_proposals(ctx);
-        if self.raft.store().start_snapshot() {
-            ctx.snapshots.build(self.region_id);
+        if self.raft.store().start_snapshot()
+            && !ctx.snapshots.build(self.region_id, ctx.engine.snapshot())
+        {
+            self.raft.mut_store().drop_snapshot();
         }
         if self.asleep && self.is_leader() && !self.is_idle() {
             // A follower turned out to lack entries: replicate awake.

@@ -6,11 +6,13 @@
 //! the raft poller (and their elections and leases) if done where raft
 //! asks for it. So raft's request only marks the snapshot wanted
 //! ([`super::storage::PeerStorage`] answers "temporarily unavailable"); the
-//! peer hands the work to this store's one snapshot thread, which reads a
-//! point-in-time view of the engine (data and apply state agree) and posts
-//! the result back to the peer as [`PeerMsg::SnapshotBuilt`]. One thread
-//! builds one snapshot at a time, so at most one region's copy is being
-//! assembled in memory.
+//! peer takes a point-in-time view of the engine at once (data and apply
+//! state agree in it; its applied index is at least the one the peer knows,
+//! and log GC keeps the entries after that until raft has taken the
+//! snapshot) and hands it to this store's one snapshot thread, which reads
+//! the region out of it and posts the result back to the peer as
+//! [`PeerMsg::SnapshotBuilt`]. One thread builds one snapshot at a time, so
+//! at most one region's copy is being assembled in memory.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -23,30 +25,31 @@ use tracing::info;
 use super::msg::PeerMsg;
 use super::router::StoreRouter;
 use super::storage::build_snapshot;
-use crate::engine::Engine;
+use crate::engine::Snapshot as EngineView;
 
 /// The store's snapshot thread.
 pub struct SnapshotBuilder {
-    requests: Mutex<Option<Sender<u64>>>,
+    requests: Mutex<Option<Sender<(u64, EngineView)>>>,
     stopping: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl SnapshotBuilder {
-    /// Starts the thread; it reads from `engine` and answers through `router`.
-    pub fn start(engine: Engine, router: StoreRouter) -> SnapshotBuilder {
-        let (tx, rx) = crossbeam_channel::unbounded::<u64>();
+    /// Starts the thread; it answers through `router`.
+    pub fn start(router: StoreRouter) -> SnapshotBuilder {
+        let (tx, rx) = crossbeam_channel::unbounded::<(u64, EngineView)>();
         let stopping = Arc::new(AtomicBool::new(false));
         let stop = stopping.clone();
         let thread = std::thread::Builder::new()
             .name("snapshot".into())
             .spawn(move || {
-                for region_id in rx {
+                for (region_id, view) in rx {
                     if stop.load(Ordering::Acquire) {
                         return;
                     }
                     let started = std::time::Instant::now();
-                    let built = build_snapshot(&engine, region_id).map_err(|e| e.to_string());
+                    let built = build_snapshot(&view, region_id).map_err(|e| e.to_string());
+                    drop(view);
                     if let Ok(snap) = &built {
                         info!(
                             region_id,
@@ -68,11 +71,13 @@ impl SnapshotBuilder {
         }
     }
 
-    /// Queues a snapshot of `region_id` for its peer.
-    pub fn build(&self, region_id: u64) {
-        if let Some(tx) = &*self.requests.lock() {
-            let _ = tx.send(region_id);
-        }
+    /// Queues a snapshot of `region_id`, read from `view`, for its peer;
+    /// false if the thread has stopped.
+    pub fn build(&self, region_id: u64, view: EngineView) -> bool {
+        self.requests
+            .lock()
+            .as_ref()
+            .is_some_and(|tx| tx.send((region_id, view)).is_ok())
     }
 
     /// Stops the thread after the build in progress; queued ones are

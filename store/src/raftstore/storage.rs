@@ -6,6 +6,7 @@
 //! the in-memory states here are updated in step.
 
 use std::cell::RefCell;
+use std::time::{Duration, Instant};
 
 use concord_proto::metapb::{self, PeerRole};
 use concord_proto::raft_serverpb::{
@@ -153,10 +154,11 @@ enum SnapshotState {
     None,
     /// Raft asked for one, to send to peer `to`; not handed out yet.
     Wanted { to: u64 },
-    /// The snapshot thread builds it.
-    Building { to: u64 },
-    /// Built; raft takes it when it asks next.
-    Built(Snapshot),
+    /// The snapshot thread builds it from an engine view taken when at
+    /// least `floor` was applied (its index will be that or more).
+    Building { to: u64, floor: u64 },
+    /// Built `at`; raft takes it when it asks next.
+    Built { snap: Snapshot, at: Instant },
 }
 
 impl PeerStorage {
@@ -190,15 +192,39 @@ impl PeerStorage {
     }
 
     /// Marks a wanted snapshot as being built; true if one was wanted (the
-    /// caller then hands the work to the snapshot thread).
+    /// caller then takes an engine view at once and hands it to the
+    /// snapshot thread).
     pub fn start_snapshot(&self) -> bool {
         let mut state = self.snapshot.borrow_mut();
         match *state {
             SnapshotState::Wanted { to } => {
-                *state = SnapshotState::Building { to };
+                *state = SnapshotState::Building {
+                    to,
+                    floor: self.apply_state.applied_index,
+                };
                 true
             }
             _ => false,
+        }
+    }
+
+    /// While a snapshot is being built or waits for raft: an index it
+    /// covers at most up to, so log GC keeps the entries after it (the
+    /// follower continues from there).
+    pub fn snapshot_floor(&self) -> Option<u64> {
+        match &*self.snapshot.borrow() {
+            SnapshotState::Building { floor, .. } => Some(*floor),
+            SnapshotState::Built { snap, .. } => Some(snap.get_metadata().index),
+            SnapshotState::None | SnapshotState::Wanted { .. } => None,
+        }
+    }
+
+    /// Drops a built snapshot raft has not taken within `max_age` (the
+    /// follower it was for no longer needs it).
+    pub fn expire_snapshot(&mut self, max_age: Duration) {
+        let state = self.snapshot.get_mut();
+        if matches!(state, SnapshotState::Built { at, .. } if at.elapsed() > max_age) {
+            *state = SnapshotState::None;
         }
     }
 
@@ -206,13 +232,16 @@ impl PeerStorage {
     /// it is now ready for raft to send.
     pub fn finish_snapshot(&mut self, built: Result<Snapshot, String>) -> Option<u64> {
         let state = self.snapshot.get_mut();
-        let SnapshotState::Building { to } = *state else {
+        let SnapshotState::Building { to, .. } = *state else {
             // Dropped meanwhile (this peer stopped leading).
             return None;
         };
         match built {
             Ok(snap) => {
-                *state = SnapshotState::Built(snap);
+                *state = SnapshotState::Built {
+                    snap,
+                    at: Instant::now(),
+                };
                 Some(to)
             }
             Err(e) => {
@@ -382,22 +411,20 @@ impl PeerStorage {
     }
 }
 
-/// A snapshot of region `id` as this store has applied it: its data and
-/// region at the applied index, read from one point-in-time view of
-/// `engine` (see [`super::snapshot`]).
-pub fn build_snapshot(engine: &Engine, id: u64) -> Result<Snapshot, StorageFault> {
-    let snap = engine.snapshot();
-    let apply: RaftApplyState = read_state(&snap, &keys::apply_state_key(id), "apply state", id)?
+/// A snapshot of region `id` as `view` (a point-in-time view of the
+/// engine) has it applied: its data and region at its applied index.
+pub fn build_snapshot(view: &crate::engine::Snapshot, id: u64) -> Result<Snapshot, StorageFault> {
+    let apply: RaftApplyState = read_state(view, &keys::apply_state_key(id), "apply state", id)?
         .ok_or_else(|| corrupt("apply state", id, "missing"))?;
     let local: RegionLocalState =
-        read_state(&snap, &keys::region_state_key(id), "region state", id)?
+        read_state(view, &keys::region_state_key(id), "region state", id)?
             .ok_or_else(|| corrupt("region state", id, "missing"))?;
     let region = local.region.unwrap_or_default();
     let start = keys::data_key(&region.start_key);
     let end = keys::data_end_key(&region.end_key);
     let mut entries = Vec::new();
     for cf in DATA_CFS {
-        snap.scan_cf(cf, &start, &end, false, |k, v| {
+        view.scan_cf(cf, &start, &end, false, |k, v| {
             entries.push(SnapshotEntry {
                 cf: cf.to_string(),
                 key: k.to_vec(),
@@ -515,7 +542,7 @@ impl raft::Storage for PeerStorage {
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let mut state = self.snapshot.borrow_mut();
         match std::mem::take(&mut *state) {
-            SnapshotState::Built(snap)
+            SnapshotState::Built { snap, .. }
                 if snap.get_metadata().index >= request_index.max(self.truncated().index) =>
             {
                 return Ok(snap);
@@ -524,7 +551,9 @@ impl raft::Storage for PeerStorage {
                 *state = pending;
             }
             // None yet, or one too old for this request.
-            SnapshotState::None | SnapshotState::Built(_) => *state = SnapshotState::Wanted { to },
+            SnapshotState::None | SnapshotState::Built { .. } => {
+                *state = SnapshotState::Wanted { to }
+            }
         }
         Err(raft::Error::Store(
             StorageError::SnapshotTemporarilyUnavailable,
@@ -566,16 +595,20 @@ mod tests {
         wb.put_cf(CF_DEFAULT, &keys::data_key(b"k"), b"v").unwrap();
         engine.write(wb, true).unwrap();
         let mut storage = PeerStorage::load(engine.clone(), region).unwrap();
-        let build = || build_snapshot(&engine, 7).map_err(|e| e.to_string());
+        let build = || build_snapshot(&engine.snapshot(), 7).map_err(|e| e.to_string());
 
         assert!(!storage.start_snapshot(), "nothing was asked for");
         assert!(unavailable(storage.snapshot(0, 2)));
         assert!(storage.start_snapshot());
+        assert_eq!(storage.snapshot_floor(), Some(RAFT_INIT_LOG_INDEX));
         // Asked again while it is being built: still unavailable, and no
         // second build is started.
         assert!(unavailable(storage.snapshot(0, 3)));
         assert!(!storage.start_snapshot());
         assert_eq!(storage.finish_snapshot(build()), Some(2));
+        // One raft does not take in time is dropped.
+        storage.expire_snapshot(Duration::from_secs(60));
+        assert_eq!(storage.snapshot_floor(), Some(RAFT_INIT_LOG_INDEX));
         let snap = storage.snapshot(0, 2).unwrap();
         assert_eq!(snap.get_metadata().index, RAFT_INIT_LOG_INDEX);
         let payload = RegionSnapshot::decode(&snap.data[..]).unwrap();
@@ -586,7 +619,12 @@ mod tests {
         // Raft took it: the next request starts a new build.
         assert!(unavailable(storage.snapshot(0, 2)));
         assert!(storage.start_snapshot());
+        assert_eq!(storage.finish_snapshot(build()), Some(2));
+        storage.expire_snapshot(Duration::ZERO);
+        assert_eq!(storage.snapshot_floor(), None);
         // A peer that stops leading drops the build in progress.
+        assert!(unavailable(storage.snapshot(0, 2)));
+        assert!(storage.start_snapshot());
         storage.drop_snapshot();
         assert_eq!(storage.finish_snapshot(build()), None);
         assert!(unavailable(storage.snapshot(0, 2)));

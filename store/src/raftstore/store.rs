@@ -201,7 +201,7 @@ impl Store {
             engine: engine.clone(),
             router: router.clone(),
             apply: apply.clone(),
-            snapshots: Arc::new(SnapshotBuilder::start(engine.clone(), router.clone())),
+            snapshots: Arc::new(SnapshotBuilder::start(router.clone())),
             meta: Arc::new(Mutex::new(StoreMeta::default())),
             transport,
             pd_tx,
