@@ -14,6 +14,7 @@
 //! [`PeerMsg::SnapshotBuilt`]. One thread builds one snapshot at a time, so
 //! at most one region's copy is being assembled in memory.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -48,7 +49,12 @@ impl SnapshotBuilder {
                         return;
                     }
                     let started = std::time::Instant::now();
-                    let built = build_snapshot(&view, region_id).map_err(|e| e.to_string());
+                    // A panic must not end the thread: every later build
+                    // would wait for it forever.
+                    let built = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        build_snapshot(&view, region_id).map_err(|e| e.to_string())
+                    }))
+                    .unwrap_or_else(|_| Err("building the snapshot panicked".to_string()));
                     drop(view);
                     if let Ok(snap) = &built {
                         info!(
