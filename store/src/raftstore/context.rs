@@ -149,8 +149,8 @@ pub struct RaftStats {
     /// Per round of an apply thread: applying its batches, the engine
     /// write and answering the callers.
     pub apply: Timing,
-    /// Per write command served by this store: from its arrival until
-    /// its answer.
+    /// Per command (a write) this store answered OK: from its arrival
+    /// until the answer.
     pub write: Timing,
 }
 
