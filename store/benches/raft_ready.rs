@@ -54,7 +54,7 @@ struct NullTransport;
 impl Transport for NullTransport {
     fn send(&self, _store_id: u64, _msgs: Vec<RaftMessage>) {}
 
-    fn send_snapshot(&self, _store_id: u64, _msg: RaftMessage) {}
+    fn send_snapshot(&self, _store_id: u64, _msg: RaftMessage, _data: bytes::Bytes) {}
 }
 
 /// One store with one single-voter region, polled by the caller.

@@ -13,6 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use concord_common::pd_client::PdClient;
 use concord_proto::raft_serverpb::raft_client::RaftClient;
 use concord_proto::raft_serverpb::raft_server::Raft;
@@ -83,13 +84,13 @@ impl Transport for GrpcTransport {
         }
     }
 
-    fn send_snapshot(&self, store_id: u64, msg: RaftMessage) {
+    fn send_snapshot(&self, store_id: u64, msg: RaftMessage, data: Bytes) {
         let pd = self.pd.clone();
         let router = self.router.read().clone();
         let chunk_size = self.chunk_size;
         self.runtime.spawn(async move {
             let (region_id, to_peer_id) = (msg.region_id, msg.to_peer.map_or(0, |p| p.id));
-            let delivered = match send_snapshot(&*pd, store_id, msg, chunk_size).await {
+            let delivered = match send_snapshot(&*pd, store_id, msg, data, chunk_size).await {
                 Ok(()) => true,
                 Err(e) => {
                     info!(region_id, store_id, "sending snapshot failed: {e}");
@@ -159,27 +160,29 @@ async fn run_connection(
     }
 }
 
+/// Streams `msg` (its snapshot's payload left out) and then `data` in
+/// chunks, each copied out of `data` only when the stream takes it.
 async fn send_snapshot(
     pd: &dyn PdClient,
     store_id: u64,
-    mut msg: RaftMessage,
+    msg: RaftMessage,
+    data: Bytes,
     chunk_size: usize,
 ) -> Result<(), String> {
-    let mut raft_msg =
-        eraftpb::Message::parse_from_bytes(&msg.message).map_err(|e| e.to_string())?;
-    let data = std::mem::take(&mut raft_msg.mut_snapshot().data);
-    msg.message = raft_msg.write_to_bytes().map_err(|e| e.to_string())?;
-    let mut chunks = vec![SnapshotChunk {
+    let chunk_size = chunk_size.max(1);
+    let first = SnapshotChunk {
         message: Some(msg),
         data: Vec::new(),
-    }];
-    chunks.extend(data.chunks(chunk_size.max(1)).map(|c| SnapshotChunk {
-        message: None,
-        data: c.to_vec(),
-    }));
+    };
+    let rest = (0..data.len())
+        .step_by(chunk_size)
+        .map(move |at| SnapshotChunk {
+            message: None,
+            data: data[at..data.len().min(at + chunk_size)].to_vec(),
+        });
     let mut client = connect(pd, store_id).await?;
     client
-        .snapshot(futures::stream::iter(chunks))
+        .snapshot(futures::stream::iter(std::iter::once(first).chain(rest)))
         .await
         .map_err(|e| e.to_string())?;
     Ok(())

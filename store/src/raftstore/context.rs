@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use concord_proto::metapb;
 use concord_proto::raft_serverpb::RaftMessage;
 use parking_lot::Mutex;
@@ -28,8 +29,10 @@ pub trait Transport: Send + Sync + 'static {
     fn send(&self, store_id: u64, msgs: Vec<RaftMessage>);
 
     /// Sends a snapshot message to a peer on `store_id` and reports to the
-    /// sending peer whether it was delivered.
-    fn send_snapshot(&self, store_id: u64, msg: RaftMessage);
+    /// sending peer whether it was delivered. The snapshot's payload travels
+    /// apart as `data` (the message carries it empty), so that it is never
+    /// copied into an encoded message on the raft thread.
+    fn send_snapshot(&self, store_id: u64, msg: RaftMessage, data: Bytes);
 }
 
 /// Work for the PD worker.
@@ -162,7 +165,7 @@ pub struct PollContext {
     /// Region readies added to `wb` this round.
     pub round_readies: u64,
     outbox: HashMap<u64, Vec<RaftMessage>>,
-    snapshots: Vec<RaftMessage>,
+    snapshots: Vec<(RaftMessage, Bytes)>,
 }
 
 impl std::ops::Deref for PollContext {
@@ -192,10 +195,11 @@ impl PollContext {
         self.outbox.entry(store).or_default().push(msg);
     }
 
-    /// Queues a snapshot message, sent on its own stream with the round's
-    /// other messages.
-    pub fn send_snapshot(&mut self, msg: RaftMessage) {
-        self.snapshots.push(msg);
+    /// Queues a snapshot message (its payload apart, see
+    /// [`Transport::send_snapshot`]), sent on its own stream with the
+    /// round's other messages.
+    pub fn send_snapshot(&mut self, msg: RaftMessage, data: Bytes) {
+        self.snapshots.push((msg, data));
     }
 
     /// Sends every queued message, one batch per destination store.
@@ -203,9 +207,9 @@ impl PollContext {
         for (store, msgs) in self.outbox.drain() {
             self.services.transport.send(store, msgs);
         }
-        for msg in self.snapshots.drain(..) {
+        for (msg, data) in self.snapshots.drain(..) {
             let store = msg.to_peer.as_ref().map_or(0, |p| p.store_id);
-            self.services.transport.send_snapshot(store, msg);
+            self.services.transport.send_snapshot(store, msg, data);
         }
     }
 

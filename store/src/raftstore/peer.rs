@@ -1106,7 +1106,7 @@ impl Peer {
         }
     }
 
-    fn send_raft(&self, ctx: &mut PollContext, m: eraftpb::Message) {
+    fn send_raft(&self, ctx: &mut PollContext, mut m: eraftpb::Message) {
         let Some(to) = self.peer_cache.get(&m.to).cloned() else {
             debug!(
                 region_id = self.region_id,
@@ -1115,11 +1115,13 @@ impl Peer {
             );
             return;
         };
-        let msg = self.raft_message(to, &m, false);
         if m.get_msg_type() == MessageType::MsgSnapshot {
-            ctx.send_snapshot(msg);
+            // The payload (up to a whole region) is not encoded into the
+            // message here: the transport streams it in chunks.
+            let data = std::mem::take(&mut m.mut_snapshot().data);
+            ctx.send_snapshot(self.raft_message(to, &m, false), data);
         } else {
-            ctx.send(msg);
+            ctx.send(self.raft_message(to, &m, false));
         }
     }
 

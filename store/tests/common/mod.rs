@@ -70,7 +70,11 @@ pub struct TestTransport {
 }
 
 impl Transport for TestTransport {
-    fn send_snapshot(&self, store_id: u64, msg: RaftMessage) {
+    fn send_snapshot(&self, store_id: u64, mut msg: RaftMessage, data: bytes::Bytes) {
+        // In process the payload goes back into the message.
+        let mut m = raft::eraftpb::Message::parse_from_bytes(&msg.message).unwrap();
+        m.mut_snapshot().data = data;
+        msg.message = m.write_to_bytes().unwrap();
         self.send(store_id, vec![msg]);
     }
 
