@@ -338,7 +338,17 @@ impl Router {
             )
             .into());
         };
-        let conn = self.stores.get(peer.store_id).await?;
+        let conn = match self.stores.get(peer.store_id).await {
+            Ok(conn) => conn,
+            Err(retry) => {
+                // The store was removed (tombstone) or PD cannot say where
+                // it is: try the other peers meanwhile, and reload the
+                // region, whose cached leader may be long gone.
+                self.stores.mark_unreachable(peer.store_id);
+                self.cache.remove(region.id());
+                return Err(retry.into());
+            }
+        };
         let timeout = self
             .config
             .rpc_timeout

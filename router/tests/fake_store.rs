@@ -153,6 +153,8 @@ impl Kv for FakeStore {
 struct FakePd {
     regions: Mutex<Vec<RegionInfo>>,
     stores: HashMap<u64, String>,
+    /// Stores PD reports as removed.
+    tombstones: Mutex<Vec<u64>>,
     region_lookups: AtomicU64,
 }
 
@@ -180,11 +182,20 @@ impl RegionSource for FakePd {
     }
 
     async fn store(&self, store_id: u64) -> PdResult<metapb::Store> {
-        Ok(metapb::Store {
+        let mut store = metapb::Store {
             id: store_id,
             address: self.stores.get(&store_id).cloned().unwrap_or_default(),
             ..Default::default()
-        })
+        };
+        if self
+            .tombstones
+            .lock()
+            .expect("tombstones")
+            .contains(&store_id)
+        {
+            store.set_state(metapb::StoreState::Tombstone);
+        }
+        Ok(store)
     }
 }
 
@@ -249,6 +260,7 @@ async fn setup(leader_store: u64, script: Script) -> Setup {
             leader: Some(peer(leader_store)),
         }]),
         stores,
+        tombstones: Mutex::new(Vec::new()),
         region_lookups: AtomicU64::new(0),
     });
     let config = RoutingConfig {
@@ -337,6 +349,21 @@ async fn an_unreachable_leader_store_is_avoided_and_the_region_reloaded() {
     let s = setup(3, Arc::new(|_, _, _| Answer::Value(b"served".to_vec()))).await;
     assert_eq!(s.router.get(b"k").await, Ok(Some(b"served".to_vec())));
     assert!(s.router.metrics().retries(RetryReason::StoreNotConnected) >= 1);
+    assert!(
+        s.pd.region_lookups.load(Ordering::SeqCst) >= 2,
+        "region not reloaded"
+    );
+    assert_eq!(s.calls(1), 1);
+}
+
+#[tokio::test]
+async fn a_leader_on_a_removed_store_is_avoided_and_the_region_reloaded() {
+    // PD still names the peer on store 3 as leader, but store 3 was removed
+    // (tombstone, as the chaos remove-store scenario does): the router must
+    // not keep asking for its address until the budget runs out.
+    let s = setup(3, Arc::new(|_, _, _| Answer::Value(b"served".to_vec()))).await;
+    s.pd.tombstones.lock().unwrap().push(3);
+    assert_eq!(s.router.get(b"k").await, Ok(Some(b"served".to_vec())));
     assert!(
         s.pd.region_lookups.load(Ordering::SeqCst) >= 2,
         "region not reloaded"
