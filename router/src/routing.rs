@@ -341,11 +341,14 @@ impl Router {
         let conn = match self.stores.get(peer.store_id).await {
             Ok(conn) => conn,
             Err(retry) => {
-                // The store was removed (tombstone) or PD cannot say where
-                // it is: try the other peers meanwhile, and reload the
-                // region, whose cached leader may be long gone.
-                self.stores.mark_unreachable(peer.store_id);
-                self.cache.remove(region.id());
+                if retry.reason == RetryReason::StoreNotConnected {
+                    // PD says the store was removed: try the other peers
+                    // meanwhile, and reload the region, whose cached leader
+                    // may be long gone. (A PD error says nothing about the
+                    // store and leaves both alone.)
+                    self.stores.mark_unreachable(peer.store_id);
+                    self.cache.remove(region.id());
+                }
                 return Err(retry.into());
             }
         };

@@ -80,8 +80,9 @@ impl StoreConnections {
             )
         })?;
         if store.state() == metapb::StoreState::Tombstone || store.address.is_empty() {
+            // Removed: as unreachable as a store that refuses connections.
             return Err(Retry::backoff(
-                RetryReason::PdUnavailable,
+                RetryReason::StoreNotConnected,
                 format!(
                     "store {store_id} has no usable address (state {}, address {:?})",
                     store.state().as_str_name(),

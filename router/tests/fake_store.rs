@@ -364,6 +364,7 @@ async fn a_leader_on_a_removed_store_is_avoided_and_the_region_reloaded() {
     let s = setup(3, Arc::new(|_, _, _| Answer::Value(b"served".to_vec()))).await;
     s.pd.tombstones.lock().unwrap().push(3);
     assert_eq!(s.router.get(b"k").await, Ok(Some(b"served".to_vec())));
+    assert!(s.router.metrics().retries(RetryReason::StoreNotConnected) >= 1);
     assert!(
         s.pd.region_lookups.load(Ordering::SeqCst) >= 2,
         "region not reloaded"
