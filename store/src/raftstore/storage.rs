@@ -606,7 +606,7 @@ mod tests {
         assert!(unavailable(storage.snapshot(0, 3)));
         assert!(!storage.start_snapshot());
         assert_eq!(storage.finish_snapshot(build()), Some(2));
-        // One raft does not take in time is dropped.
+        // Kept while younger than the limit.
         storage.expire_snapshot(Duration::from_secs(60));
         assert_eq!(storage.snapshot_floor(), Some(RAFT_INIT_LOG_INDEX));
         let snap = storage.snapshot(0, 2).unwrap();
