@@ -270,7 +270,7 @@ impl Cluster {
         let storage = MetaStorage::open_replicated(
             &config.data_dir,
             Arc::new(members),
-            Duration::from_millis(config.election_timeout_ms),
+            config.raft_settings(),
             None,
         )?;
         Self::open_on(config, storage)
@@ -400,6 +400,12 @@ impl Cluster {
     /// This member's raft node (status, leader, members).
     pub fn replication(&self) -> &Replicator {
         self.storage.replicator()
+    }
+
+    /// This member's own copy of the metadata, as far as it has applied
+    /// the log (on a follower too).
+    pub fn local_metadata(&self) -> &MetaStorage {
+        &self.storage
     }
 
     /// Stops replicating: this member goes silent to the group.

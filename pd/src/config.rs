@@ -2,10 +2,12 @@
 //! override it, and documented defaults.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{PdServerError, Result};
+use crate::replication::RaftSettings;
 
 /// Default gRPC listen address.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:2379";
@@ -69,6 +71,10 @@ pub struct PdConfig {
     /// Raft election timeout in ms: a new PD leader is elected within
     /// about twice this after the old one dies.
     pub election_timeout_ms: u64,
+    /// Applied entries a member keeps in its raft log; past this it drops
+    /// the older half. A member that falls further behind is sent a
+    /// snapshot of the metadata.
+    pub raft_log_gc_threshold: u64,
 }
 
 impl Default for PdConfig {
@@ -91,6 +97,7 @@ impl Default for PdConfig {
             peer_addr: DEFAULT_PEER_ADDR.into(),
             initial_cluster: String::new(),
             election_timeout_ms: DEFAULT_ELECTION_TIMEOUT_MS,
+            raft_log_gc_threshold: 10_000,
         }
     }
 }
@@ -203,6 +210,14 @@ impl PdConfig {
         Ok(config)
     }
 
+    /// How this member's raft node runs.
+    pub fn raft_settings(&self) -> RaftSettings {
+        RaftSettings {
+            election_timeout: Duration::from_millis(self.election_timeout_ms),
+            log_gc_threshold: self.raft_log_gc_threshold,
+        }
+    }
+
     /// Rejects values PD cannot run with.
     pub fn validate(&self) -> Result<()> {
         if self.max_replicas == 0 {
@@ -215,6 +230,11 @@ impl PdConfig {
         }
         if self.id_batch == 0 {
             return Err(PdServerError::Config("id-batch must be >= 1".into()));
+        }
+        if self.raft_log_gc_threshold < 2 {
+            return Err(PdServerError::Config(
+                "raft-log-gc-threshold must be >= 2".into(),
+            ));
         }
         if self.election_timeout_ms < 10 {
             return Err(PdServerError::Config(

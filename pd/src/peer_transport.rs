@@ -10,7 +10,7 @@ use concord_proto::pd_raftpb::pd_peer_client::PdPeerClient;
 use concord_proto::pd_raftpb::pd_peer_server::PdPeer;
 use concord_proto::pd_raftpb::{RaftBatch, RaftBatchResponse};
 use protobuf::Message as _;
-use raft::eraftpb::Message;
+use raft::eraftpb::{Message, MessageType};
 use tokio::sync::mpsc;
 use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
@@ -30,10 +30,12 @@ pub struct PeerSender {
 
 impl PeerSender {
     /// One sending task per other member, on `runtime` (required when
-    /// there are other members).
+    /// there are other members); whether each snapshot got through is
+    /// reported to `inbox`.
     pub fn start(
         members: &Arc<Membership>,
         runtime: Option<&tokio::runtime::Handle>,
+        inbox: Inbox,
     ) -> Result<Self> {
         let peers = members.peers();
         let mut queues = HashMap::new();
@@ -49,7 +51,7 @@ impl PeerSender {
             let endpoint = concord_common::grpc::endpoint(&url, CONNECT_TIMEOUT)
                 .map_err(|e| PdServerError::Config(format!("PD peer: {e}")))?;
             let (tx, rx) = mpsc::unbounded_channel();
-            runtime.spawn(send_loop(url, endpoint, members.clone(), rx));
+            runtime.spawn(send_loop(url, endpoint, members.clone(), rx, inbox.clone()));
             queues.insert(id, tx);
         }
         Ok(PeerSender { queues })
@@ -71,8 +73,10 @@ async fn send_loop(
     endpoint: Endpoint,
     members: Arc<Membership>,
     mut queue: mpsc::UnboundedReceiver<Message>,
+    inbox: Inbox,
 ) {
-    let mut client = PdPeerClient::new(endpoint.connect_lazy());
+    let new_client = || PdPeerClient::new(endpoint.connect_lazy());
+    let mut client = new_client();
     let mut failing = false;
     while let Some(first) = queue.recv().await {
         let mut batch = vec![first];
@@ -86,11 +90,19 @@ async fn send_loop(
             .iter()
             .filter_map(|m| m.write_to_bytes().ok())
             .collect();
+        let snapshot_to = batch
+            .iter()
+            .find(|m| m.get_msg_type() == MessageType::MsgSnapshot)
+            .map(|m| m.to);
         let request = RaftBatch {
             from: Some(members.me().clone()),
             messages,
         };
-        match tokio::time::timeout(SEND_TIMEOUT, client.send(request)).await {
+        let outcome = tokio::time::timeout(SEND_TIMEOUT, client.send(request)).await;
+        if let Some(to) = snapshot_to {
+            inbox.report_snapshot(to, matches!(outcome, Ok(Ok(_))));
+        }
+        match outcome {
             Ok(Ok(resp)) => {
                 if failing {
                     tracing::info!(%url, "PD peer reachable again");
@@ -112,7 +124,7 @@ async fn send_loop(
                     failing = true;
                 }
                 // The connection may be dead without knowing it: start over.
-                client = PdPeerClient::new(endpoint.connect_lazy());
+                client = new_client();
             }
         }
     }

@@ -1,10 +1,17 @@
 //! The raft log of a replicated PD, in the `raft` column family of the
 //! member's metadata RocksDB: entries, hard state, the (fixed) member
-//! configuration and the applied index. Implements raft-rs's [`Storage`];
-//! appends and state changes go into a [`WriteBatch`] the caller writes.
+//! configuration, the applied index and where the log was last compacted.
+//! Implements raft-rs's [`Storage`]; appends and state changes go into a
+//! [`WriteBatch`] the caller writes.
+//!
+//! Compaction removes applied entries; a member that needs removed entries
+//! gets a snapshot instead: every key of the metadata (the default column
+//! family) as of the applied index.
 
 use std::sync::Arc;
 
+use concord_proto::pd_raftpb::{KvOp, MetaSnapshot};
+use prost::Message as _;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
@@ -18,6 +25,7 @@ pub const CF_RAFT: &str = "raft";
 const HARD_STATE_KEY: &[u8] = b"hard_state";
 const CONF_STATE_KEY: &[u8] = b"conf_state";
 const APPLIED_KEY: &[u8] = b"applied_index";
+const TRUNCATED_KEY: &[u8] = b"truncated";
 const LOG_PREFIX: &[u8] = b"log/";
 
 fn log_key(index: u64) -> Vec<u8> {
@@ -45,6 +53,8 @@ pub struct RaftLog {
     last_index: u64,
     last_term: u64,
     applied: u64,
+    /// Index and term of the last entry compacted away (0, 0: none).
+    truncated: (u64, u64),
 }
 
 impl RaftLog {
@@ -95,6 +105,14 @@ impl RaftLog {
             ),
             None => 0,
         };
+        let truncated = match db.get_cf(&cf, TRUNCATED_KEY)? {
+            Some(bytes) if bytes.len() == 16 => (
+                u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes")),
+                u64::from_be_bytes(bytes[8..].try_into().expect("8 bytes")),
+            ),
+            Some(_) => return Err(corrupt("truncated state", "expected 16 bytes")),
+            None => (0, 0),
+        };
         let last = match db
             .iterator_cf(
                 &cf,
@@ -111,7 +129,8 @@ impl RaftLog {
             }
             None => None,
         };
-        let (last_index, last_term) = last.map_or((0, 0), |e| (e.index, e.term));
+        // A log compacted up to its end holds no entries.
+        let (last_index, last_term) = last.map_or(truncated, |e| (e.index, e.term));
         Ok(RaftLog {
             db,
             hard_state,
@@ -119,6 +138,7 @@ impl RaftLog {
             last_index,
             last_term,
             applied,
+            truncated,
         })
     }
 
@@ -127,15 +147,109 @@ impl RaftLog {
         self.applied
     }
 
+    /// Index of the last entry compacted away (0: none); the log holds the
+    /// entries after it.
+    pub fn truncated_index(&self) -> u64 {
+        self.truncated.0
+    }
+
+    fn raft_cf(&self) -> Result<&rocksdb::ColumnFamily> {
+        self.db
+            .cf_handle(CF_RAFT)
+            .ok_or_else(|| corrupt("column family", "missing"))
+    }
+
+    fn write_truncated(&mut self, truncated: (u64, u64), wb: &mut WriteBatch) -> Result<()> {
+        let mut bytes = truncated.0.to_be_bytes().to_vec();
+        bytes.extend_from_slice(&truncated.1.to_be_bytes());
+        wb.put_cf(self.raft_cf()?, TRUNCATED_KEY, bytes);
+        self.truncated = truncated;
+        Ok(())
+    }
+
+    /// Removes the entries up to `index` (at most the applied index: only
+    /// applied entries are ever compacted) in `wb`.
+    pub fn compact(&mut self, index: u64, wb: &mut WriteBatch) -> Result<()> {
+        let index = index.min(self.applied);
+        if index <= self.truncated.0 {
+            return Ok(());
+        }
+        let term = self.term_of(index)?;
+        wb.delete_range_cf(self.raft_cf()?, log_key(0), log_key(index + 1));
+        self.write_truncated((index, term), wb)
+    }
+
+    /// The metadata as of the applied index, as a raft snapshot.
+    fn build_snapshot(&self) -> Result<Snapshot> {
+        let mut entries = Vec::new();
+        for item in self.db.iterator(IteratorMode::Start) {
+            let (key, value) = item?;
+            entries.push(KvOp {
+                key: key.into_vec(),
+                value: value.into_vec(),
+                delete: false,
+            });
+        }
+        let mut snapshot = Snapshot {
+            data: MetaSnapshot { entries }.encode_to_vec().into(),
+            ..Default::default()
+        };
+        let meta = snapshot.mut_metadata();
+        meta.index = self.applied;
+        meta.term = self.term_of(self.applied)?;
+        meta.set_conf_state(self.conf_state.clone());
+        Ok(snapshot)
+    }
+
+    /// Replaces the metadata and the log with `snapshot` in `wb`: the
+    /// metadata becomes the snapshot's, applied up to its index, and the
+    /// log starts after it.
+    pub fn apply_snapshot(&mut self, snapshot: &Snapshot, wb: &mut WriteBatch) -> Result<()> {
+        let meta = snapshot.get_metadata();
+        let mut voters = meta.get_conf_state().voters.clone();
+        voters.sort_unstable();
+        let mut ours = self.conf_state.voters.clone();
+        ours.sort_unstable();
+        if voters != ours {
+            return Err(corrupt(
+                "snapshot",
+                format!("its members {voters:?} are not this group's {ours:?}"),
+            ));
+        }
+        let data = MetaSnapshot::decode(&snapshot.data[..]).map_err(|e| corrupt("snapshot", e))?;
+        for item in self.db.iterator(IteratorMode::Start) {
+            wb.delete(item?.0);
+        }
+        for op in data.entries {
+            wb.put(op.key, op.value);
+        }
+        let (index, term) = (meta.index, meta.term);
+        wb.delete_range_cf(self.raft_cf()?, log_key(0), log_key(u64::MAX));
+        self.last_index = index;
+        self.last_term = term;
+        self.write_truncated((index, term), wb)?;
+        self.set_applied(index, wb)?;
+        self.hard_state.commit = self.hard_state.commit.max(index);
+        self.hard_state.term = self.hard_state.term.max(term);
+        self.write_hard_state(wb)
+    }
+
+    fn term_of(&self, idx: u64) -> Result<u64> {
+        if idx == self.truncated.0 {
+            return Ok(self.truncated.1);
+        }
+        if idx == self.last_index {
+            return Ok(self.last_term);
+        }
+        Ok(self.read_entry(idx)?.term)
+    }
+
     /// Adds `entries` to `wb`, replacing any conflicting tail of the log.
     pub fn append(&mut self, entries: &[Entry], wb: &mut WriteBatch) -> Result<()> {
         let Some(last) = entries.last() else {
             return Ok(());
         };
-        let cf = self
-            .db
-            .cf_handle(CF_RAFT)
-            .ok_or_else(|| corrupt("column family", "missing"))?;
+        let cf = self.raft_cf()?;
         for e in entries {
             let bytes = e.write_to_bytes().map_err(|e| corrupt("entry", e))?;
             wb.put_cf(&cf, log_key(e.index), bytes);
@@ -161,10 +275,7 @@ impl RaftLog {
     }
 
     fn write_hard_state(&self, wb: &mut WriteBatch) -> Result<()> {
-        let cf = self
-            .db
-            .cf_handle(CF_RAFT)
-            .ok_or_else(|| corrupt("column family", "missing"))?;
+        let cf = self.raft_cf()?;
         let bytes = self
             .hard_state
             .write_to_bytes()
@@ -175,21 +286,13 @@ impl RaftLog {
 
     /// Records `index` as applied in `wb`.
     pub fn set_applied(&mut self, index: u64, wb: &mut WriteBatch) -> Result<()> {
-        let cf = self
-            .db
-            .cf_handle(CF_RAFT)
-            .ok_or_else(|| corrupt("column family", "missing"))?;
-        wb.put_cf(&cf, APPLIED_KEY, index.to_be_bytes());
+        wb.put_cf(self.raft_cf()?, APPLIED_KEY, index.to_be_bytes());
         self.applied = index;
         Ok(())
     }
 
     fn read_entry(&self, index: u64) -> Result<Entry> {
-        let cf = self
-            .db
-            .cf_handle(CF_RAFT)
-            .ok_or_else(|| corrupt("column family", "missing"))?;
-        match self.db.get_cf(&cf, log_key(index))? {
+        match self.db.get_cf(self.raft_cf()?, log_key(index))? {
             Some(bytes) => Entry::parse_from_bytes(&bytes).map_err(|e| corrupt("entry", e)),
             None => Err(corrupt("log", format!("entry {index} is missing"))),
         }
@@ -211,7 +314,7 @@ impl Storage for RaftLog {
         max_size: impl Into<Option<u64>>,
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        if low == 0 {
+        if low <= self.truncated.0 {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
         if high > self.last_index + 1 {
@@ -232,30 +335,162 @@ impl Storage for RaftLog {
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        if idx == 0 {
-            return Ok(0);
-        }
-        if idx == self.last_index {
-            return Ok(self.last_term);
+        if idx < self.truncated.0 {
+            return Err(raft::Error::Store(StorageError::Compacted));
         }
         if idx > self.last_index {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
-        self.read_entry(idx).map(|e| e.term).map_err(to_raft_error)
+        self.term_of(idx).map_err(to_raft_error)
     }
 
     fn first_index(&self) -> raft::Result<u64> {
-        Ok(1)
+        Ok(self.truncated.0 + 1)
     }
 
     fn last_index(&self) -> raft::Result<u64> {
         Ok(self.last_index)
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // The log is never compacted, so raft never needs a snapshot.
-        Err(raft::Error::Store(
-            StorageError::SnapshotTemporarilyUnavailable,
-        ))
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        if self.applied < request_index {
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        self.build_snapshot().map_err(to_raft_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::eraftpb::ConfState;
+    use rocksdb::{ColumnFamilyDescriptor, Options};
+
+    const VOTERS: [u64; 3] = [1, 2, 3];
+
+    fn open_db(dir: &std::path::Path) -> Arc<DB> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let cfs = [
+            ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, Options::default()),
+            ColumnFamilyDescriptor::new(CF_RAFT, Options::default()),
+        ];
+        Arc::new(DB::open_cf_descriptors(&opts, dir, cfs).unwrap())
+    }
+
+    fn entries(range: std::ops::RangeInclusive<u64>, term: u64) -> Vec<Entry> {
+        range
+            .map(|index| Entry {
+                index,
+                term,
+                data: format!("entry {index}").into_bytes().into(),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    /// A log holding `range` at `term`, applied up to `applied`.
+    fn log_with(
+        db: &Arc<DB>,
+        range: std::ops::RangeInclusive<u64>,
+        term: u64,
+        applied: u64,
+    ) -> RaftLog {
+        let mut log = RaftLog::open(db.clone(), &VOTERS).unwrap();
+        let mut wb = WriteBatch::default();
+        log.append(&entries(range, term), &mut wb).unwrap();
+        log.set_applied(applied, &mut wb).unwrap();
+        db.write(wb).unwrap();
+        log
+    }
+
+    fn compacted<T: std::fmt::Debug>(result: raft::Result<T>) -> bool {
+        matches!(result, Err(raft::Error::Store(StorageError::Compacted)))
+    }
+
+    fn metadata(db: &DB) -> Vec<(Vec<u8>, Vec<u8>)> {
+        db.iterator(IteratorMode::Start)
+            .map(|item| {
+                let (k, v) = item.unwrap();
+                (k.into_vec(), v.into_vec())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn compaction_drops_only_applied_entries_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path());
+        let mut log = log_with(&db, 1..=10, 2, 8);
+        let mut wb = WriteBatch::default();
+        // Asked past the applied index, it stops there.
+        log.compact(20, &mut wb).unwrap();
+        db.write(wb).unwrap();
+        let reopened = RaftLog::open(db.clone(), &VOTERS).unwrap();
+        for log in [&log, &reopened] {
+            assert_eq!(log.truncated_index(), 8);
+            assert_eq!(log.first_index().unwrap(), 9);
+            assert_eq!(log.last_index().unwrap(), 10);
+            assert_eq!(log.term(8).unwrap(), 2);
+            assert!(compacted(log.term(7)));
+            let ctx = GetEntriesContext::empty(false);
+            assert!(compacted(log.entries(8, 11, u64::MAX, ctx)));
+            let kept = log.entries(9, 11, u64::MAX, GetEntriesContext::empty(false));
+            assert_eq!(kept.unwrap(), entries(9..=10, 2));
+        }
+        // Compacted to its very end, the log still knows its last entry.
+        let mut log = reopened;
+        let mut wb = WriteBatch::default();
+        log.set_applied(10, &mut wb).unwrap();
+        log.compact(10, &mut wb).unwrap();
+        db.write(wb).unwrap();
+        let log = RaftLog::open(db.clone(), &VOTERS).unwrap();
+        assert_eq!(log.first_index().unwrap(), 11);
+        assert_eq!(log.last_index().unwrap(), 10);
+        assert_eq!(log.term(10).unwrap(), 2);
+    }
+
+    #[test]
+    fn a_snapshot_replaces_a_lagging_members_metadata_and_log() {
+        let (leader_dir, follower_dir) =
+            (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let leader_db = open_db(leader_dir.path());
+        leader_db.put(b"region/1", b"r1").unwrap();
+        leader_db.put(b"store/7", b"s7").unwrap();
+        let leader = log_with(&leader_db, 1..=5, 3, 5);
+        let snapshot = leader.snapshot(0, 2).unwrap();
+        assert_eq!(snapshot.get_metadata().index, 5);
+        assert_eq!(snapshot.get_metadata().term, 3);
+        // raft may ask for a snapshot at least as new as an index.
+        assert!(leader.snapshot(6, 2).is_err());
+
+        let follower_db = open_db(follower_dir.path());
+        follower_db.put(b"region/1", b"stale").unwrap();
+        follower_db.put(b"region/9", b"gone since").unwrap();
+        let mut follower = log_with(&follower_db, 1..=2, 1, 2);
+        let mut wb = WriteBatch::default();
+        follower.apply_snapshot(&snapshot, &mut wb).unwrap();
+        follower_db.write(wb).unwrap();
+        assert_eq!(metadata(&follower_db), metadata(&leader_db));
+        let follower = RaftLog::open(follower_db.clone(), &VOTERS).unwrap();
+        assert_eq!(follower.applied(), 5);
+        assert_eq!(follower.first_index().unwrap(), 6);
+        assert_eq!(follower.last_index().unwrap(), 5);
+        assert_eq!(follower.term(5).unwrap(), 3);
+        assert_eq!(follower.initial_state().unwrap().hard_state.commit, 5);
+
+        // A snapshot of another group is refused and changes nothing.
+        let mut foreign = snapshot.clone();
+        foreign.mut_metadata().set_conf_state(ConfState {
+            voters: vec![4, 5, 6],
+            ..Default::default()
+        });
+        let mut follower = follower;
+        let mut wb = WriteBatch::default();
+        assert!(follower.apply_snapshot(&foreign, &mut wb).is_err());
+        assert!(wb.is_empty());
     }
 }

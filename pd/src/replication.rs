@@ -6,6 +6,11 @@
 //! write ([`Replicator::propose`]) returns once its command is committed
 //! and applied locally. A single-member PD runs the same path with a
 //! one-member group.
+//!
+//! Each member compacts its own log once more than `log_gc_threshold`
+//! applied entries have piled up, keeping the newest half of them for
+//! members slightly behind; a member further behind is sent a snapshot of
+//! the metadata and replaces its own with it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,7 +22,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::{Condvar, Mutex};
 use prost::Message as _;
 use raft::eraftpb::{Entry, EntryType, Message};
-use raft::{RawNode, StateRole};
+use raft::{RawNode, SnapshotStatus, StateRole};
 use rocksdb::{WriteBatch, WriteOptions, DB};
 
 use crate::error::{PdServerError, Result};
@@ -31,6 +36,15 @@ const ELECTION_TICKS: usize = 10;
 const HEARTBEAT_TICKS: usize = 2;
 /// Most inputs handled between two raft ready rounds.
 const INPUT_BATCH: usize = 256;
+
+/// How a member's raft node runs.
+#[derive(Debug, Clone, Copy)]
+pub struct RaftSettings {
+    /// Raft election timeout.
+    pub election_timeout: Duration,
+    /// Applied entries kept in the log before it is compacted.
+    pub log_gc_threshold: u64,
+}
 
 /// What this member's raft node currently is.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -46,6 +60,9 @@ pub struct RaftStatus {
     pub leader_ready: bool,
     /// Index of the last applied entry.
     pub applied: u64,
+    /// Index of the last entry compacted out of this member's log (0:
+    /// none).
+    pub compacted: u64,
     /// The raft thread has stopped (shutdown or a fatal storage error).
     pub stopped: bool,
 }
@@ -68,8 +85,16 @@ impl StatusBoard {
 type Reply = Sender<Result<()>>;
 
 enum Input {
-    Propose { data: Vec<u8>, reply: Reply },
+    Propose {
+        data: Vec<u8>,
+        reply: Reply,
+    },
     Message(Box<Message>),
+    /// Whether a snapshot sent to member `to` was delivered.
+    SnapshotStatus {
+        to: u64,
+        delivered: bool,
+    },
     Stop,
 }
 
@@ -85,6 +110,12 @@ impl Inbox {
         // A stopped member drops traffic, as a dead one would.
         let _ = self.tx.send(Input::Message(Box::new(msg)));
     }
+
+    /// Tells the raft thread whether its snapshot reached member `to` (a
+    /// leader sends `to` nothing more until told).
+    pub fn report_snapshot(&self, to: u64, delivered: bool) {
+        let _ = self.tx.send(Input::SnapshotStatus { to, delivered });
+    }
 }
 
 /// Handle of a member's raft thread. Dropping it stops the thread.
@@ -98,12 +129,12 @@ pub struct Replicator {
 
 impl Replicator {
     /// Starts the raft thread over the log in `db`'s raft column family.
-    /// `election_timeout` is the raft election timeout; messages to other
-    /// members are sent on `runtime` (needed only with other members).
+    /// Messages to other members are sent on `runtime` (needed only with
+    /// other members).
     pub fn start(
         db: Arc<DB>,
         members: Arc<Membership>,
-        election_timeout: Duration,
+        settings: RaftSettings,
         runtime: Option<tokio::runtime::Handle>,
     ) -> Result<Self> {
         let log = RaftLog::open(db.clone(), &members.voters())?;
@@ -126,12 +157,14 @@ impl Replicator {
             node.campaign()
                 .map_err(|e| PdServerError::Replication(format!("cannot campaign: {e}")))?;
         }
-        let peers = PeerSender::start(&members, runtime.as_ref())?;
         let (tx, rx) = crossbeam_channel::unbounded();
+        let inbox = Inbox { tx: tx.clone() };
+        let peers = PeerSender::start(&members, runtime.as_ref(), inbox)?;
         let board = Arc::new(StatusBoard {
             status: Mutex::new(RaftStatus::default()),
             changed: Condvar::new(),
         });
+        let election_timeout = settings.election_timeout;
         let tick = (election_timeout / ELECTION_TICKS as u32).max(Duration::from_millis(1));
         let worker = Worker {
             node,
@@ -143,6 +176,7 @@ impl Replicator {
             leader_term: 0,
             term_start: 0,
             tick,
+            log_gc_threshold: settings.log_gc_threshold.max(1),
         };
         let thread = std::thread::Builder::new()
             .name(format!("pd-raft-{}", members.me().name))
@@ -270,6 +304,7 @@ struct Worker {
     /// Index of the first entry of `leader_term` (raft's empty entry).
     term_start: u64,
     tick: Duration,
+    log_gc_threshold: u64,
 }
 
 impl Worker {
@@ -300,6 +335,13 @@ impl Worker {
                         }
                     }
                     Input::Propose { data, reply } => self.propose(data, reply),
+                    Input::SnapshotStatus { to, delivered } => {
+                        let status = match delivered {
+                            true => SnapshotStatus::Finish,
+                            false => SnapshotStatus::Failure,
+                        };
+                        self.node.report_snapshot(to, status);
+                    }
                 }
                 self.observe_role();
             }
@@ -378,6 +420,7 @@ impl Worker {
             is_leader,
             leader_ready: is_leader && raft.term == self.leader_term && applied >= self.term_start,
             applied,
+            compacted: self.node.store().truncated_index(),
             stopped: false,
         });
     }
@@ -388,6 +431,17 @@ impl Worker {
         }
         let mut ready = self.node.ready();
         self.peers.send(ready.take_messages());
+        if !ready.snapshot().is_empty() {
+            let mut wb = WriteBatch::default();
+            self.node
+                .mut_store()
+                .apply_snapshot(ready.snapshot(), &mut wb)?;
+            self.write(wb, true)?;
+            tracing::info!(
+                index = ready.snapshot().get_metadata().index,
+                "PD metadata replaced by the leader's snapshot"
+            );
+        }
         self.apply(ready.take_committed_entries())?;
         let mut wb = WriteBatch::default();
         self.node.mut_store().append(ready.entries(), &mut wb)?;
@@ -407,7 +461,24 @@ impl Worker {
         self.peers.send(light.take_messages());
         self.apply(light.take_committed_entries())?;
         self.node.advance_apply();
-        Ok(())
+        self.compact_log()
+    }
+
+    /// Once more than `log_gc_threshold` applied entries are in the log,
+    /// removes all but the newest half of them.
+    fn compact_log(&mut self) -> Result<()> {
+        let log = self.node.store();
+        let (applied, truncated) = (log.applied(), log.truncated_index());
+        if applied.saturating_sub(truncated) <= self.log_gc_threshold {
+            return Ok(());
+        }
+        let mut wb = WriteBatch::default();
+        self.node
+            .mut_store()
+            .compact(applied - self.log_gc_threshold / 2, &mut wb)?;
+        // Not synced: the WAL keeps writes in order, so if this survives a
+        // crash, so does the applied state it relies on.
+        self.write(wb, false)
     }
 
     fn write(&self, wb: WriteBatch, sync: bool) -> Result<()> {

@@ -113,15 +113,15 @@ pub async fn start(config: PdConfig) -> Result<PdServerHandle> {
     )?);
     let (shutdown, shutdown_rx) = watch::channel(false);
 
-    let (dir, group, election) = (
+    let (dir, group, settings) = (
         config.data_dir.clone(),
         members.clone(),
-        Duration::from_millis(config.election_timeout_ms),
+        config.raft_settings(),
     );
     let runtime = tokio::runtime::Handle::current();
     let storage = tokio::task::spawn_blocking(move || {
         std::fs::create_dir_all(&dir)?;
-        MetaStorage::open_replicated(&dir, group, election, Some(runtime))
+        MetaStorage::open_replicated(&dir, group, settings, Some(runtime))
     })
     .await
     .map_err(join_error)??;
@@ -129,7 +129,8 @@ pub async fn start(config: PdConfig) -> Result<PdServerHandle> {
         let service = PeerService::new(storage.replicator().inbox(), members.clone());
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(PdPeerServer::new(service))
+                // A snapshot carries all the metadata in one message.
+                .add_service(PdPeerServer::new(service).max_decoding_message_size(usize::MAX))
                 .serve_with_incoming_shutdown(
                     concord_common::grpc::incoming(listener),
                     wait_for_shutdown(shutdown_rx.clone()),

@@ -7,7 +7,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use concord_proto::metapb;
 use concord_proto::pd_raftpb::{KvOp, MetaCommand};
@@ -18,7 +17,7 @@ use crate::config::PdConfig;
 use crate::error::{PdServerError, Result};
 use crate::members::Membership;
 use crate::raft_log::CF_RAFT;
-use crate::replication::Replicator;
+use crate::replication::{RaftSettings, Replicator};
 use crate::schedule::ScheduleConfig;
 
 const CLUSTER_KEY: &[u8] = b"cluster";
@@ -28,9 +27,6 @@ const TSO_KEY: &[u8] = b"tso_window_end";
 const SCHEDULE_CONFIG_KEY: &[u8] = b"schedule_config";
 const STORE_PREFIX: &[u8] = b"store/";
 const REGION_PREFIX: &[u8] = b"region/";
-
-/// Election timeout of the one-member group [`MetaStorage::open`] runs.
-const SINGLE_MEMBER_ELECTION_TIMEOUT: Duration = Duration::from_millis(1000);
 
 /// The PD metadata store of one member.
 pub struct MetaStorage {
@@ -105,7 +101,7 @@ impl MetaStorage {
     pub fn open(dir: &Path) -> Result<Self> {
         let config = PdConfig::default();
         let members = Membership::new(&config, &config.addr, &config.http_addr, &config.peer_addr)?;
-        Self::open_replicated(dir, Arc::new(members), SINGLE_MEMBER_ELECTION_TIMEOUT, None)
+        Self::open_replicated(dir, Arc::new(members), config.raft_settings(), None)
     }
 
     /// Opens the metadata store under `dir` and starts this member's raft
@@ -113,7 +109,7 @@ impl MetaStorage {
     pub fn open_replicated(
         dir: &Path,
         members: Arc<Membership>,
-        election_timeout: Duration,
+        settings: RaftSettings,
         runtime: Option<tokio::runtime::Handle>,
     ) -> Result<Self> {
         let mut opts = Options::default();
@@ -124,7 +120,7 @@ impl MetaStorage {
             ColumnFamilyDescriptor::new(CF_RAFT, Options::default()),
         ];
         let db = Arc::new(DB::open_cf_descriptors(&opts, dir, cfs)?);
-        let replicator = Replicator::start(db.clone(), members, election_timeout, runtime)?;
+        let replicator = Replicator::start(db.clone(), members, settings, runtime)?;
         Ok(MetaStorage { db, replicator })
     }
 

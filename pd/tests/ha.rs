@@ -24,35 +24,55 @@ const FAILOVER_BOUND: Duration = Duration::from_millis(ELECTION_MS * 20);
 
 struct Group {
     _dirs: Vec<tempfile::TempDir>,
+    configs: Vec<PdConfig>,
     members: Vec<Option<PdServerHandle>>,
 }
 
 impl Group {
     async fn start() -> Group {
+        Group::start_with(PdConfig::default().raft_log_gc_threshold).await
+    }
+
+    /// Three members that compact their logs past `raft_log_gc_threshold`
+    /// applied entries.
+    async fn start_with(raft_log_gc_threshold: u64) -> Group {
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let initial = (0..3)
             .map(|i| format!("pd{i}=127.0.0.1:{}", ports[i]))
             .collect::<Vec<_>>()
             .join(",");
         let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-        let starts = (0..3).map(|i| {
-            server::start(PdConfig {
+        let configs: Vec<_> = (0..3)
+            .map(|i| PdConfig {
                 name: format!("pd{i}"),
                 peer_addr: format!("127.0.0.1:{}", ports[i]),
                 initial_cluster: initial.clone(),
                 election_timeout_ms: ELECTION_MS,
+                raft_log_gc_threshold,
                 ..common::test_config(dirs[i].path())
             })
-        });
-        let members = futures::future::join_all(starts)
+            .collect();
+        let members = futures::future::join_all(configs.iter().cloned().map(server::start))
             .await
             .into_iter()
             .map(|r| Some(r.expect("PD member starts")))
             .collect();
         Group {
             _dirs: dirs,
+            configs,
             members,
         }
+    }
+
+    /// Starts stopped member `i` again over its data directory.
+    async fn restart(&mut self, i: usize) {
+        assert!(self.members[i].is_none(), "member {i} runs");
+        let member = server::start(self.configs[i].clone()).await;
+        self.members[i] = Some(member.expect("PD member restarts"));
+    }
+
+    fn member(&self, i: usize) -> &PdServerHandle {
+        self.members[i].as_ref().expect("member runs")
     }
 
     fn grpc_addrs(&self) -> Vec<String> {
@@ -205,6 +225,84 @@ async fn leader_failover_keeps_metadata_ids_tso_and_streams() {
     assert_eq!(resp.region_id, region_id);
     assert!(resp.transfer_leader.is_some());
 
+    drop(client);
+    group.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_behind_the_compacted_log_catches_up_from_a_snapshot() {
+    const GC_THRESHOLD: u64 = 16;
+    let mut group = Group::start_with(GC_THRESHOLD).await;
+    let leader = group.leader().await;
+    let behind = (leader + 1) % 3;
+    let client = GrpcPdClient::connect(&group.grpc_addrs()).await.unwrap();
+    let store_id = client.alloc_id().await.unwrap();
+    let first = region(
+        store_id + 1,
+        b"",
+        b"",
+        1,
+        1,
+        vec![peer(store_id + 2, store_id)],
+    );
+    client.bootstrap(store(store_id), first).await.unwrap();
+
+    // One member stops; the others go on writing and compact their logs
+    // well past where it stopped.
+    let stopped_at = group
+        .member(behind)
+        .cluster()
+        .replication()
+        .status()
+        .applied;
+    group.stop(behind).await;
+    for i in 0..(4 * GC_THRESHOLD) {
+        client.put_store(store(store_id + 100 + i)).await.unwrap();
+    }
+    let leader_status = group.member(leader).cluster().replication().status();
+    assert!(
+        leader_status.compacted > stopped_at,
+        "the leader's log was not compacted past {stopped_at}: {leader_status:?}"
+    );
+    assert!(leader_status.applied - leader_status.compacted <= GC_THRESHOLD);
+
+    // Back, it cannot be sent the entries it missed (no member has them
+    // any more): only a snapshot brings it up to date.
+    group.restart(behind).await;
+    let target = leader_status.applied;
+    let cluster = group.member(behind).cluster().clone();
+    let caught_up = tokio::task::spawn_blocking(move || {
+        cluster
+            .replication()
+            .wait_status(FAILOVER_BOUND, |s| s.applied >= target)
+    })
+    .await
+    .unwrap();
+    assert!(caught_up.applied >= target, "{caught_up:?}");
+    let (ours, theirs) = (
+        group.member(behind).cluster().local_metadata(),
+        group.member(leader).cluster().local_metadata(),
+    );
+    assert_eq!(ours.load_stores().unwrap(), theirs.load_stores().unwrap());
+    assert_eq!(
+        ours.load_stores().unwrap().len() as u64,
+        1 + 4 * GC_THRESHOLD
+    );
+    assert_eq!(ours.load_regions().unwrap(), theirs.load_regions().unwrap());
+    assert_eq!(
+        ours.load_alloc_id().unwrap(),
+        theirs.load_alloc_id().unwrap()
+    );
+
+    // It takes part again: with the old leader gone, the group still
+    // commits, and every write the stopped member missed is served.
+    group.stop(leader).await;
+    group.leader().await;
+    client.put_store(store(store_id + 99)).await.unwrap();
+    assert_eq!(
+        client.get_store(store_id + 100).await.unwrap().id,
+        store_id + 100
+    );
     drop(client);
     group.shutdown().await;
 }
