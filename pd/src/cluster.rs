@@ -1213,6 +1213,7 @@ impl Cluster {
                 .entry(store.status(now, self.max_store_down_time()))
                 .or_default() += 1;
         }
+        let raft = self.replication().status();
         Gauges {
             bootstrapped: meta.bootstrapped,
             regions: meta.regions.len(),
@@ -1224,6 +1225,8 @@ impl Cluster {
                 .duration_since(self.started_at)
                 .unwrap_or_default()
                 .as_secs(),
+            raft_applied: raft.applied,
+            raft_compacted: raft.compacted,
         }
     }
 }

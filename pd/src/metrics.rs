@@ -41,6 +41,11 @@ pub struct Gauges {
     pub stores_by_state: Vec<(String, usize)>,
     /// Seconds since the server started.
     pub uptime_secs: u64,
+    /// This member's raft status: its applied index and the index its log
+    /// was last compacted up to.
+    pub raft_applied: u64,
+    /// See `raft_applied`.
+    pub raft_compacted: u64,
 }
 
 /// Renders the counters and gauges in the Prometheus text format.
@@ -106,6 +111,16 @@ pub fn render(metrics: &Metrics, gauges: &Gauges) -> String {
     }
     let _ = writeln!(
         out,
+        "# HELP pd_raft_applied_index Last raft entry this member applied.\n# TYPE pd_raft_applied_index gauge\npd_raft_applied_index {}",
+        gauges.raft_applied
+    );
+    let _ = writeln!(
+        out,
+        "# HELP pd_raft_compacted_index Last raft entry compacted out of this member's log.\n# TYPE pd_raft_compacted_index gauge\npd_raft_compacted_index {}",
+        gauges.raft_compacted
+    );
+    let _ = writeln!(
+        out,
         "# HELP pd_uptime_seconds Seconds since start.\n# TYPE pd_uptime_seconds gauge\npd_uptime_seconds {}",
         gauges.uptime_secs
     );
@@ -125,11 +140,15 @@ mod tests {
             regions: 4,
             stores_by_state: vec![("Up".into(), 2)],
             uptime_secs: 1,
+            raft_applied: 40,
+            raft_compacted: 20,
         };
         let text = render(&metrics, &gauges);
         assert!(text.contains("pd_tso_requests_total 3\n"), "{text}");
         assert!(text.contains("pd_cluster_bootstrapped 1\n"));
         assert!(text.contains("pd_regions 4\n"));
         assert!(text.contains("pd_stores{state=\"Up\"} 2\n"));
+        assert!(text.contains("pd_raft_applied_index 40\n"));
+        assert!(text.contains("pd_raft_compacted_index 20\n"));
     }
 }
