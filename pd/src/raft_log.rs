@@ -366,19 +366,11 @@ impl Storage for RaftLog {
 mod tests {
     use super::*;
     use raft::eraftpb::ConfState;
-    use rocksdb::{ColumnFamilyDescriptor, Options};
 
     const VOTERS: [u64; 3] = [1, 2, 3];
 
     fn open_db(dir: &std::path::Path) -> Arc<DB> {
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.create_missing_column_families(true);
-        let cfs = [
-            ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, Options::default()),
-            ColumnFamilyDescriptor::new(CF_RAFT, Options::default()),
-        ];
-        Arc::new(DB::open_cf_descriptors(&opts, dir, cfs).unwrap())
+        Arc::new(crate::storage::open_db(dir).unwrap())
     }
 
     fn entries(range: std::ops::RangeInclusive<u64>, term: u64) -> Vec<Entry> {

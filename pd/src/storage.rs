@@ -28,6 +28,19 @@ const SCHEDULE_CONFIG_KEY: &[u8] = b"schedule_config";
 const STORE_PREFIX: &[u8] = b"store/";
 const REGION_PREFIX: &[u8] = b"region/";
 
+/// Opens (creating if needed) a member's RocksDB under `dir`: the metadata
+/// in the default column family, the raft log in [`CF_RAFT`].
+pub(crate) fn open_db(dir: &Path) -> Result<DB> {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    let cfs = [
+        ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, Options::default()),
+        ColumnFamilyDescriptor::new(CF_RAFT, Options::default()),
+    ];
+    Ok(DB::open_cf_descriptors(&opts, dir, cfs)?)
+}
+
 /// The PD metadata store of one member.
 pub struct MetaStorage {
     db: Arc<DB>,
@@ -112,14 +125,7 @@ impl MetaStorage {
         settings: RaftSettings,
         runtime: Option<tokio::runtime::Handle>,
     ) -> Result<Self> {
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.create_missing_column_families(true);
-        let cfs = [
-            ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, Options::default()),
-            ColumnFamilyDescriptor::new(CF_RAFT, Options::default()),
-        ];
-        let db = Arc::new(DB::open_cf_descriptors(&opts, dir, cfs)?);
+        let db = Arc::new(open_db(dir)?);
         let replicator = Replicator::start(db.clone(), members, settings, runtime)?;
         Ok(MetaStorage { db, replicator })
     }
