@@ -21,6 +21,12 @@ use crate::replication::Inbox;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const SEND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bytes a batch may take per second on top of [`SEND_TIMEOUT`] (a
+/// snapshot carries all the metadata).
+const SEND_BYTES_PER_SEC: usize = 4 << 20;
+/// Largest batch a member accepts: room for the metadata of millions of
+/// regions in one snapshot.
+pub const MAX_BATCH_BYTES: usize = 1 << 30;
 const MAX_BATCH: usize = 512;
 
 /// Sends raft messages to the other members.
@@ -86,10 +92,12 @@ async fn send_loop(
                 Err(_) => break,
             }
         }
-        let messages = batch
+        let messages: Vec<Vec<u8>> = batch
             .iter()
             .filter_map(|m| m.write_to_bytes().ok())
             .collect();
+        let bytes: usize = messages.iter().map(Vec::len).sum();
+        let timeout = SEND_TIMEOUT + Duration::from_secs((bytes / SEND_BYTES_PER_SEC) as u64);
         let snapshot_to = batch
             .iter()
             .find(|m| m.get_msg_type() == MessageType::MsgSnapshot)
@@ -98,7 +106,7 @@ async fn send_loop(
             from: Some(members.me().clone()),
             messages,
         };
-        let outcome = tokio::time::timeout(SEND_TIMEOUT, client.send(request)).await;
+        let outcome = tokio::time::timeout(timeout, client.send(request)).await;
         if let Some(to) = snapshot_to {
             inbox.report_snapshot(to, matches!(outcome, Ok(Ok(_))));
         }

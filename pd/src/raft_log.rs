@@ -64,7 +64,7 @@ impl RaftLog {
         let cf = db
             .cf_handle(CF_RAFT)
             .ok_or_else(|| corrupt("column family", "missing"))?;
-        let hard_state = match db.get_cf(&cf, HARD_STATE_KEY)? {
+        let mut hard_state = match db.get_cf(&cf, HARD_STATE_KEY)? {
             Some(bytes) => {
                 HardState::parse_from_bytes(&bytes).map_err(|e| corrupt("hard state", e))?
             }
@@ -105,6 +105,10 @@ impl RaftLog {
             ),
             None => 0,
         };
+        // Committed entries are applied before the round's hard state is
+        // written, so a crash in between leaves the recorded commit index
+        // behind the applied one; what was applied was committed.
+        hard_state.commit = hard_state.commit.max(applied);
         let truncated = match db.get_cf(&cf, TRUNCATED_KEY)? {
             Some(bytes) if bytes.len() == 16 => (
                 u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes")),
@@ -228,10 +232,9 @@ impl RaftLog {
         self.last_index = index;
         self.last_term = term;
         self.write_truncated((index, term), wb)?;
-        self.set_applied(index, wb)?;
-        self.hard_state.commit = self.hard_state.commit.max(index);
-        self.hard_state.term = self.hard_state.term.max(term);
-        self.write_hard_state(wb)
+        // The hard state raft moves to with the snapshot comes in the same
+        // ready and goes into the same batch.
+        self.set_applied(index, wb)
     }
 
     fn term_of(&self, idx: u64) -> Result<u64> {
@@ -358,7 +361,12 @@ impl Storage for RaftLog {
                 StorageError::SnapshotTemporarilyUnavailable,
             ));
         }
-        self.build_snapshot().map_err(to_raft_error)
+        // raft-rs panics on any other error here; a failed build is retried
+        // when raft next wants a snapshot.
+        self.build_snapshot().map_err(|e| {
+            tracing::error!(error = %e, "building a PD snapshot failed");
+            raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable)
+        })
     }
 }
 
@@ -443,6 +451,32 @@ mod tests {
         assert_eq!(log.first_index().unwrap(), 11);
         assert_eq!(log.last_index().unwrap(), 10);
         assert_eq!(log.term(10).unwrap(), 2);
+    }
+
+    #[test]
+    fn a_member_killed_between_applying_and_recording_the_commit_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path());
+        // Entries 1..=5 applied, but the hard state written says commit 3.
+        let mut log = log_with(&db, 1..=5, 2, 5);
+        let mut wb = WriteBatch::default();
+        let recorded = HardState {
+            term: 2,
+            commit: 3,
+            ..Default::default()
+        };
+        log.set_hard_state(&recorded, &mut wb).unwrap();
+        db.write(wb).unwrap();
+        let log = RaftLog::open(db.clone(), &VOTERS).unwrap();
+        assert_eq!(log.initial_state().unwrap().hard_state.commit, 5);
+        let config = raft::Config {
+            id: 1,
+            applied: log.applied(),
+            ..Default::default()
+        };
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        // raft refuses (panics on) an applied index past the commit index.
+        raft::RawNode::new(&config, log, &logger).unwrap();
     }
 
     #[test]

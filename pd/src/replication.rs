@@ -307,6 +307,18 @@ struct Worker {
     log_gc_threshold: u64,
 }
 
+impl Drop for Worker {
+    /// However the raft thread ends (stopped, a storage error, a panic),
+    /// waiting writes fail and the member no longer claims to lead.
+    fn drop(&mut self) {
+        self.fail_waiters(|| PdServerError::Replication("the raft thread stopped".into()));
+        self.board.publish(RaftStatus {
+            stopped: true,
+            ..RaftStatus::default()
+        });
+    }
+}
+
 impl Worker {
     fn run(mut self) {
         let mut next_tick = Instant::now() + self.tick;
@@ -359,11 +371,6 @@ impl Worker {
             }
             self.publish();
         }
-        self.fail_waiters(|| PdServerError::Replication("the raft thread stopped".into()));
-        self.board.publish(RaftStatus {
-            stopped: true,
-            ..RaftStatus::default()
-        });
     }
 
     fn propose(&mut self, data: Vec<u8>, reply: Reply) {
@@ -431,19 +438,20 @@ impl Worker {
         }
         let mut ready = self.node.ready();
         self.peers.send(ready.take_messages());
+        // A snapshot goes into the same synced batch as the entries after
+        // it and the hard state (raft never hands out committed entries
+        // with one).
+        let mut wb = WriteBatch::default();
         if !ready.snapshot().is_empty() {
-            let mut wb = WriteBatch::default();
             self.node
                 .mut_store()
                 .apply_snapshot(ready.snapshot(), &mut wb)?;
-            self.write(wb, true)?;
             tracing::info!(
                 index = ready.snapshot().get_metadata().index,
                 "PD metadata replaced by the leader's snapshot"
             );
         }
         self.apply(ready.take_committed_entries())?;
-        let mut wb = WriteBatch::default();
         self.node.mut_store().append(ready.entries(), &mut wb)?;
         if let Some(hs) = ready.hs() {
             self.node.mut_store().set_hard_state(hs, &mut wb)?;

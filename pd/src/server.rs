@@ -17,7 +17,7 @@ use crate::config::PdConfig;
 use crate::error::{PdServerError, Result};
 use crate::http_api;
 use crate::members::Membership;
-use crate::peer_transport::PeerService;
+use crate::peer_transport::{PeerService, MAX_BATCH_BYTES};
 use crate::service::PdService;
 use crate::storage::MetaStorage;
 
@@ -130,7 +130,7 @@ pub async fn start(config: PdConfig) -> Result<PdServerHandle> {
         tokio::spawn(
             tonic::transport::Server::builder()
                 // A snapshot carries all the metadata in one message.
-                .add_service(PdPeerServer::new(service).max_decoding_message_size(usize::MAX))
+                .add_service(PdPeerServer::new(service).max_decoding_message_size(MAX_BATCH_BYTES))
                 .serve_with_incoming_shutdown(
                     concord_common::grpc::incoming(listener),
                     wait_for_shutdown(shutdown_rx.clone()),

@@ -293,6 +293,13 @@ async fn a_member_behind_the_compacted_log_catches_up_from_a_snapshot() {
         ours.load_alloc_id().unwrap(),
         theirs.load_alloc_id().unwrap()
     );
+    let expected = theirs.load_stores().unwrap();
+
+    // What the snapshot brought survives a restart.
+    group.stop(behind).await;
+    group.restart(behind).await;
+    let restarted = group.member(behind).cluster().local_metadata();
+    assert_eq!(restarted.load_stores().unwrap(), expected);
 
     // It takes part again: with the old leader gone, the group still
     // commits, and every write the stopped member missed is served.
