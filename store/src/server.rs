@@ -322,7 +322,7 @@ fn metrics_text(s: &StoreServices) -> String {
         )
     };
     let stats = &s.stats;
-    let metrics: [(&str, &str, &str, String); 6] = [
+    let metrics: [(&str, &str, &str, String); 7] = [
         (
             "regions",
             "gauge",
@@ -352,6 +352,12 @@ fn metrics_text(s: &StoreServices) -> String {
             "counter",
             "Region readies persisted by the synced raft log writes.",
             stats.persisted_readies.load(Relaxed).to_string(),
+        ),
+        (
+            "writes_acked_at_commit",
+            "counter",
+            "Writes answered once committed, before they were applied.",
+            stats.acked_at_commit.load(Relaxed).to_string(),
         ),
         (
             "raft_log_lag_entries",

@@ -400,11 +400,17 @@ fn bad_input_is_refused_and_writes_nothing() {
         Err(CmdError::InvalidArgument(_))
     ));
     assert_eq!(api.region_checksum(FIRST_REGION).unwrap().total_kvs, 0);
-    // A good write still works afterwards.
+    // A good write still works afterwards (read back first: it may be
+    // answered before it applies).
+    let key = vec![b'k'; 8 * 1024];
     cluster
         .rt
-        .block_on(api.raw_put(&ctx, &vec![b'k'; 8 * 1024], b"v", 0))
+        .block_on(api.raw_put(&ctx, &key, b"v", 0))
         .unwrap();
+    assert_eq!(
+        cluster.rt.block_on(api.raw_get(&ctx, &key)).unwrap(),
+        Some(b"v".to_vec())
+    );
     assert_eq!(api.region_checksum(FIRST_REGION).unwrap().total_kvs, 1);
     cluster.shutdown();
 }

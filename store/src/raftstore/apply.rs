@@ -207,6 +207,9 @@ impl ApplyWorker {
 
     /// Writes what is pending, then answers callbacks and reports progress.
     fn commit(&mut self, pending: &mut Pending) {
+        // Tests pause here, or drop the round unwritten and unanswered as a
+        // store that dies before applying would.
+        fail::fail_point!("apply_commit", |_| *pending = Pending::default());
         let mut wb = pending
             .wb
             .take()

@@ -144,6 +144,8 @@ pub struct RaftStats {
     /// Region readies persisted by those writes; divided by the number of
     /// writes this is how many regions share each fsync.
     pub persisted_readies: AtomicU64,
+    /// Writes answered when their entry committed, before it applied.
+    pub acked_at_commit: AtomicU64,
     /// Per proposed entry: from its proposal until the leader hands it to
     /// apply.
     pub commit_wait: Timing,

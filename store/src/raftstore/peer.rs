@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use concord_proto::metapb;
 use concord_proto::raft_cmdpb::{
     admin_request, AdminRequest, CompactLogRequest, ConfChangeType, RaftCmdRequest,
-    RaftRequestHeader,
+    RaftRequestHeader, Response,
 };
 use concord_proto::raft_serverpb::{PeerState, RaftMessage, RegionSnapshot};
 use prost::Message as _;
@@ -28,7 +28,8 @@ use super::apply::ApplyTask;
 use super::config::{MISSED_NOTICES_BEFORE_WAKING, SLEEP_TICKS_PER_PD_HEARTBEAT};
 use super::context::{PdTask, PollContext, StoreServices};
 use super::msg::{
-    ApplyResult, Callback, CmdError, ExecResult, KeyRange, PeerMsg, ReadCallback, ReadResponse,
+    ApplyResult, Callback, CmdError, CmdResponse, ExecResult, KeyRange, PeerMsg, ReadCallback,
+    ReadResponse,
 };
 use super::proposal_batch::{ProposalBatch, Waiters};
 use super::storage::{write_region_state, PeerStorage, StorageFault};
@@ -41,11 +42,20 @@ use crate::keys;
 /// answer, five times a second).
 const UNTAKEN_SNAPSHOT_TTL: Duration = Duration::from_secs(10);
 
+/// Most committed entries a leader may have waiting for apply and still
+/// answer writes at commit: past it, writers wait for apply again, so a
+/// lagging apply pool slows them down instead of queueing without bound.
+const MAX_APPLY_LAG_FOR_COMMIT_ACK: u64 = 64;
+
 struct Proposal {
     index: u64,
     term: u64,
     waiters: Waiters,
     proposed_at: Instant,
+    /// For a command of plain puts and deletes, whose outcome is known once
+    /// it commits: how many requests it holds and the region version it
+    /// was checked against (see [`Peer::may_ack_at_commit`]).
+    blind: Option<(usize, u64)>,
 }
 
 struct PendingRead {
@@ -83,6 +93,10 @@ pub struct Peer {
     destroyed: bool,
     /// Hibernating: raft is not ticked (see [`Peer::is_asleep`]).
     asleep: bool,
+    /// The log index of this leader's last admin command, or of the last
+    /// entry from before its term: later writes are answered at commit only
+    /// once it is applied (see [`Peer::may_ack_at_commit`]).
+    admin_barrier: u64,
     /// Consecutive ticks this leader found its region idle.
     idle_ticks: u64,
     /// Sleep ticks seen, and at which of them the leader's notice last came.
@@ -136,6 +150,7 @@ impl Peer {
             ready: None,
             destroyed: false,
             asleep: false,
+            admin_barrier: 0,
             idle_ticks: 0,
             sleep_ticks: 0,
             last_notice: 0,
@@ -423,11 +438,19 @@ impl Peer {
             Ok(()) if index > last_before => {
                 ctx.pending_proposals
                     .fetch_add(waiters.callers(), Ordering::Relaxed);
+                if request.admin_request.is_some() {
+                    self.admin_barrier = index;
+                }
+                let blind = ProposalBatch::can_merge(&request).then(|| {
+                    let version = request.header.and_then(|h| h.region_epoch);
+                    (request.requests.len(), version.map_or(0, |e| e.version))
+                });
                 self.proposals.push_back(Proposal {
                     index,
                     term: self.raft.raft.term,
                     waiters,
                     proposed_at: Instant::now(),
+                    blind,
                 });
             }
             // Dropped while leadership is moving: retry with the new leader.
@@ -1027,6 +1050,8 @@ impl Peer {
             }
         }
         if leader {
+            // Entries of earlier terms may hold admin commands.
+            self.admin_barrier = self.raft.raft.raft_log.last_index();
             info!(
                 region_id = self.region_id,
                 term = self.raft.raft.term,
@@ -1064,17 +1089,42 @@ impl Peer {
         }
     }
 
+    /// Hands committed entries to the apply pool. A write of plain puts and
+    /// deletes is answered right away when [`Peer::may_ack_at_commit`]: its
+    /// entry is on a quorum's disk and will apply as checked, and every read
+    /// waits for the commit index to be applied, so no read misses it.
     fn dispatch_committed(&mut self, ctx: &mut PollContext, entries: Vec<eraftpb::Entry>) {
-        let Some(last) = entries.last().map(|e| e.index) else {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
             return;
         };
+        let (first, last) = (first.index, last.index);
+        let may_ack = self.may_ack_at_commit(last);
+        let version = self.region().region_epoch.map_or(0, |e| e.version);
         let mut callbacks = Vec::new();
         while self.proposals.front().is_some_and(|p| p.index <= last) {
             let p = self.proposals.pop_front().expect("front exists");
             ctx.pending_proposals
                 .fetch_sub(p.waiters.callers(), Ordering::Relaxed);
             ctx.stats.commit_wait.record(p.proposed_at.elapsed());
-            callbacks.push((p.index, p.term, p.waiters));
+            let committed_term = p
+                .index
+                .checked_sub(first)
+                .and_then(|i| entries.get(i as usize))
+                .map(|e| e.term);
+            match p.blind {
+                Some((requests, checked))
+                    if may_ack && checked == version && committed_term == Some(p.term) =>
+                {
+                    ctx.stats
+                        .acked_at_commit
+                        .fetch_add(p.waiters.callers() as u64, Ordering::Relaxed);
+                    p.waiters.answer(Ok(CmdResponse {
+                        responses: vec![Response::default(); requests],
+                        regions: Vec::new(),
+                    }));
+                }
+                _ => callbacks.push((p.index, p.term, p.waiters)),
+            }
         }
         ctx.apply.schedule(
             self.region_id,
@@ -1085,6 +1135,19 @@ impl Peer {
                 queued_at: std::time::Instant::now(),
             },
         );
+    }
+
+    /// Whether writes committed up to `last` may be answered before they
+    /// apply. Apply checks a write against the region as it is then, and
+    /// only an admin command (a split) changes that: so every admin entry
+    /// before them must be applied already — and the region's version
+    /// still the one they were checked against, which the caller compares.
+    /// Apply must also be keeping up.
+    fn may_ack_at_commit(&self, last: u64) -> bool {
+        let applied = self.raft.store().applied_index();
+        self.is_leader()
+            && self.admin_barrier <= applied
+            && last.saturating_sub(applied) <= MAX_APPLY_LAG_FOR_COMMIT_ACK
     }
 
     fn serve_reads(&mut self, ctx: &PollContext) {

@@ -1,0 +1,253 @@
+//! Raftstore tests that stop the apply threads at the `apply_commit`
+//! failpoint (compiled in by the `failpoints` feature, which this crate's
+//! tests turn on). Failpoints are process-wide, so these tests live in a
+//! binary of their own and take turns ([`fail::FailScenario`]).
+
+mod common;
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use common::{test_config, wait_for, Cluster, FIRST_REGION};
+use concord_proto::errorpb::error::Kind;
+use concord_proto::raft_cmdpb::{
+    admin_request, request, AdminRequest, BatchSplitRequest, PutRequest, RaftCmdRequest,
+    RaftRequestHeader, Request, SplitRequest,
+};
+use concord_proto::raft_serverpb::RaftLocalState;
+use concord_store::engine::{Reader, CF_DEFAULT, CF_RAFT};
+use concord_store::keys;
+use concord_store::raftstore::msg::{CmdResponse, PeerMsg};
+use concord_store::raftstore::CmdError;
+use prost::Message as _;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// What `store`'s engine holds for user key `key` (raw, as applied).
+fn applied_value(cluster: &Cluster, store: u64, key: &[u8]) -> Option<Vec<u8>> {
+    cluster
+        .services(store)
+        .engine
+        .get_cf(CF_DEFAULT, &keys::data_key(key))
+        .unwrap()
+}
+
+/// Waits until every store applied `key`.
+fn wait_applied(cluster: &Cluster, key: &[u8]) {
+    assert!(wait_for(WAIT, || cluster
+        .store_ids()
+        .into_iter()
+        .all(|s| applied_value(cluster, s, key).is_some())));
+}
+
+/// The first region's raft state as `store` last wrote it.
+fn raft_state(cluster: &Cluster, store: u64) -> RaftLocalState {
+    cluster
+        .services(store)
+        .engine
+        .get_cf(CF_RAFT, &keys::raft_state_key(FIRST_REGION))
+        .unwrap()
+        .map_or_else(RaftLocalState::default, |b| {
+            RaftLocalState::decode(b.as_slice()).unwrap()
+        })
+}
+
+/// Sends `request` to the first region's peer on `store`; the receiver
+/// gets its answer.
+fn send_command(
+    cluster: &Cluster,
+    store: u64,
+    request: RaftCmdRequest,
+) -> tokio::sync::oneshot::Receiver<Result<CmdResponse, CmdError>> {
+    let (callback, answer) = tokio::sync::oneshot::channel();
+    cluster.send(store, FIRST_REGION, PeerMsg::Command { request, callback });
+    answer
+}
+
+#[test]
+fn a_write_is_answered_once_committed_and_reads_wait_for_it_to_apply() {
+    let scenario = fail::FailScenario::setup();
+    let cluster = Cluster::new(3, &[1, 2, 3], test_config());
+    cluster.must_put(b"k", b"v1");
+    wait_applied(&cluster, b"k");
+    let leader = cluster.wait_leader(FIRST_REGION);
+    let before = applied_value(&cluster, leader, b"k");
+
+    fail::cfg("apply_commit", "pause").unwrap();
+    // Without answers at commit this put would wait for apply: forever.
+    cluster.must_put(b"k", b"v2");
+    assert!(cluster.services(leader).stats.acked_at_commit.load(Relaxed) > 0);
+    for store in cluster.store_ids() {
+        assert_eq!(
+            applied_value(&cluster, store, b"k"),
+            before,
+            "store {store}"
+        );
+    }
+    // A read must not answer from before the acknowledged write.
+    let region = cluster.region_on(leader, FIRST_REGION).unwrap();
+    let ctx = cluster.context(leader, &region);
+    let api = cluster.api(leader);
+    let read = cluster
+        .rt
+        .spawn(async move { api.raw_get(&ctx, b"k").await });
+    let early = cluster.rt.block_on(async {
+        tokio::time::timeout(Duration::from_millis(300), async {
+            while !read.is_finished() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+    });
+    assert!(
+        early.is_err(),
+        "a read was answered before the write it follows applied"
+    );
+
+    fail::remove("apply_commit");
+    let read = cluster.rt.block_on(read).unwrap().unwrap();
+    assert_eq!(read, Some(b"v2".to_vec()));
+    cluster.shutdown();
+    scenario.teardown();
+}
+
+#[test]
+fn a_write_answered_at_commit_survives_every_store_losing_what_it_had_not_applied() {
+    let scenario = fail::FailScenario::setup();
+    let mut cluster = Cluster::new(3, &[1, 2, 3], test_config());
+    cluster.must_put(b"k", b"v1");
+    wait_applied(&cluster, b"k");
+    let leader = cluster.wait_leader(FIRST_REGION);
+    let v1 = applied_value(&cluster, leader, b"k");
+
+    // Every apply round from now on is dropped unwritten, as if each store
+    // died before applying.
+    fail::cfg("apply_commit", "return").unwrap();
+    cluster.must_put(b"k", b"v2");
+    assert!(cluster.services(leader).stats.acked_at_commit.load(Relaxed) > 0);
+    for store in cluster.store_ids() {
+        assert_eq!(applied_value(&cluster, store, b"k"), v1, "store {store}");
+        cluster.stop_store(store);
+    }
+    fail::remove("apply_commit");
+    for store in 1..=3 {
+        cluster.start_store(store);
+    }
+    assert_eq!(cluster.must_get(b"k"), Some(b"v2".to_vec()));
+    cluster.shutdown();
+    scenario.teardown();
+}
+
+#[test]
+fn a_write_behind_an_unapplied_split_waits_for_apply_and_is_refused() {
+    let scenario = fail::FailScenario::setup();
+    let cluster = Cluster::new(3, &[1, 2, 3], test_config());
+    cluster.must_put(b"z", b"1");
+    let leader = cluster.wait_leader(FIRST_REGION);
+    let region = cluster.region_on(leader, FIRST_REGION).unwrap();
+    let header = RaftRequestHeader {
+        region_id: FIRST_REGION,
+        peer: region.peers.iter().find(|p| p.store_id == leader).copied(),
+        region_epoch: region.region_epoch,
+        proposal_id: 0,
+    };
+    let split = RaftCmdRequest {
+        header: Some(header),
+        requests: Vec::new(),
+        admin_request: Some(AdminRequest {
+            cmd: Some(admin_request::Cmd::Splits(BatchSplitRequest {
+                requests: vec![SplitRequest {
+                    split_key: b"m".to_vec(),
+                    new_region_id: 5000,
+                    new_peer_ids: region.peers.iter().map(|p| 5000 + p.id).collect(),
+                }],
+            })),
+        }),
+    };
+    // "a" goes to the new region: the split changes the parent's range
+    // under a put proposed before it applies.
+    let put = |key: &[u8]| RaftCmdRequest {
+        header: Some(header),
+        requests: vec![Request {
+            cmd: Some(request::Cmd::Put(PutRequest {
+                cf: CF_DEFAULT.to_string(),
+                key: key.to_vec(),
+                value: b"1".to_vec(),
+            })),
+        }],
+        admin_request: None,
+    };
+
+    wait_applied(&cluster, b"z");
+    // Everything the leader proposed so far is applied, so on its disk.
+    let last = raft_state(&cluster, leader).last_index;
+    fail::cfg("apply_commit", "pause").unwrap();
+    let split = send_command(&cluster, leader, split);
+    let answer = send_command(&cluster, leader, put(b"a"));
+    // Wait until both entries (last + 1 and + 2) are committed while
+    // nothing applies: answering the put now would acknowledge a write that
+    // apply is going to refuse. More writes make the leader record its
+    // commit index.
+    let mut more = Vec::new();
+    assert!(wait_for(WAIT, || {
+        more.push(send_command(&cluster, leader, put(b"zz")));
+        raft_state(&cluster, leader).commit >= last + 2
+    }));
+    fail::remove("apply_commit");
+    match cluster.rt.block_on(answer).unwrap() {
+        Err(CmdError::Region(e)) => {
+            assert!(matches!(e.kind, Some(Kind::EpochNotMatch(_))), "{e:?}")
+        }
+        other => panic!("the put behind the split was answered {other:?}"),
+    }
+    assert!(cluster.rt.block_on(split).unwrap().is_ok());
+    assert_eq!(cluster.must_get(b"a"), None);
+    cluster.shutdown();
+    scenario.teardown();
+}
+
+#[test]
+fn writers_wait_for_apply_again_once_it_falls_behind() {
+    let scenario = fail::FailScenario::setup();
+    let cluster = Cluster::new(3, &[1, 2, 3], test_config());
+    cluster.must_put(b"k", b"v");
+    wait_applied(&cluster, b"k");
+    let leader = cluster.wait_leader(FIRST_REGION);
+    let region = cluster.region_on(leader, FIRST_REGION).unwrap();
+    let ctx = cluster.context(leader, &region);
+    let api = cluster.api(leader);
+
+    fail::cfg("apply_commit", "pause").unwrap();
+    // One write at a time, so each is an entry of its own: the leader
+    // answers them at commit until 64 entries wait for apply.
+    let mut answered = 0;
+    let blocked = loop {
+        let (api, ctx) = (api.clone(), ctx);
+        let put = cluster.rt.spawn(async move {
+            api.raw_put(&ctx, format!("k{answered}").as_bytes(), b"v", 0)
+                .await
+        });
+        let waited = cluster.rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(3), async {
+                while !put.is_finished() {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            })
+            .await
+        });
+        if waited.is_err() {
+            break put;
+        }
+        cluster.rt.block_on(put).unwrap().unwrap();
+        answered += 1;
+        assert!(
+            answered <= 64,
+            "more than 64 writes answered while apply stood still"
+        );
+    };
+    assert!(answered >= 32, "only {answered} writes answered at commit");
+    fail::remove("apply_commit");
+    cluster.rt.block_on(blocked).unwrap().unwrap();
+    cluster.shutdown();
+    scenario.teardown();
+}
