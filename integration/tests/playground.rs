@@ -233,6 +233,18 @@ fn playground_serves_its_printed_commands_and_stops_cleanly_on_sigterm() {
         .concat(),
     );
     assert!(json.contains(r#""reads_not_found":0"#), "{json}");
+    // Every other workload over the loaded records, through the router.
+    for workload in ["b", "e", "f", "put", "get"] {
+        let json = bench(
+            &[
+                &["--router", router.as_str(), "--workload", workload],
+                &common[..],
+                &["--skip-load"][..],
+            ]
+            .concat(),
+        );
+        assert!(json.contains(r#""phase":"run""#), "{workload}: {json}");
+    }
 
     // The printed pd-ctl store command shows three Up stores.
     let store_line = block
@@ -338,4 +350,13 @@ fn bad_input_gives_one_clear_line_and_a_non_zero_exit() {
         "{err}"
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let (code, err) = run(&["bench", "--router", &addr, "--workload", "put"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains(&format!("cannot connect to router {addr}")),
+        "{err}"
+    );
+    let (code, err) = run(&["bench", "--pd", &addr, "--workload", "put"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains(&format!("cannot reach PD {addr}")), "{err}");
 }
