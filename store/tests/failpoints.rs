@@ -20,6 +20,7 @@ use concord_store::keys;
 use concord_store::raftstore::msg::{CmdResponse, PeerMsg};
 use concord_store::raftstore::CmdError;
 use prost::Message as _;
+use tokio::sync::oneshot::Receiver;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -30,6 +31,80 @@ fn applied_value(cluster: &Cluster, store: u64, key: &[u8]) -> Option<Vec<u8>> {
         .engine
         .get_cf(CF_DEFAULT, &keys::data_key(key))
         .unwrap()
+}
+
+/// Writes `store` answered at commit so far.
+fn acked_at_commit(cluster: &Cluster, store: u64) -> u64 {
+    cluster.services(store).stats.acked_at_commit.load(Relaxed)
+}
+
+/// The header of a command to the first region's peer on `store`, with
+/// that peer's view of the region.
+fn header(cluster: &Cluster, store: u64) -> RaftRequestHeader {
+    let region = cluster.region_on(store, FIRST_REGION).unwrap();
+    RaftRequestHeader {
+        region_id: FIRST_REGION,
+        peer: region.peers.iter().find(|p| p.store_id == store).copied(),
+        region_epoch: region.region_epoch,
+        proposal_id: 0,
+    }
+}
+
+/// A command writing `key`.
+fn put(header: RaftRequestHeader, key: &[u8]) -> RaftCmdRequest {
+    RaftCmdRequest {
+        header: Some(header),
+        requests: vec![Request {
+            cmd: Some(request::Cmd::Put(PutRequest {
+                cf: CF_DEFAULT.to_string(),
+                key: key.to_vec(),
+                value: b"1".to_vec(),
+            })),
+        }],
+        admin_request: None,
+    }
+}
+
+/// A command splitting the first region at "m": "a" goes to the new
+/// region, so the split changes the range under a put of "a" proposed
+/// before it applies.
+fn split_at_m(cluster: &Cluster, store: u64) -> RaftCmdRequest {
+    let region = cluster.region_on(store, FIRST_REGION).unwrap();
+    RaftCmdRequest {
+        header: Some(header(cluster, store)),
+        requests: Vec::new(),
+        admin_request: Some(AdminRequest {
+            cmd: Some(admin_request::Cmd::Splits(BatchSplitRequest {
+                requests: vec![SplitRequest {
+                    split_key: b"m".to_vec(),
+                    new_region_id: 5000,
+                    new_peer_ids: region.peers.iter().map(|p| 5000 + p.id).collect(),
+                }],
+            })),
+        }),
+    }
+}
+
+/// Waits until the leader on `store` has recorded a commit index of at
+/// least `index`, sending it more writes meanwhile (a commit index alone
+/// is not written down).
+fn wait_recorded_commit(cluster: &Cluster, store: u64, index: u64) {
+    let header = header(cluster, store);
+    let mut answers = Vec::new();
+    assert!(wait_for(WAIT, || {
+        answers.push(send_command(cluster, store, put(header, b"zz")));
+        raft_state(cluster, store).commit >= index
+    }));
+}
+
+/// Expects `answer` to be `EpochNotMatch`.
+fn expect_epoch_not_match(cluster: &Cluster, answer: Receiver<Result<CmdResponse, CmdError>>) {
+    match cluster.rt.block_on(answer).unwrap() {
+        Err(CmdError::Region(e)) => {
+            assert!(matches!(e.kind, Some(Kind::EpochNotMatch(_))), "{e:?}")
+        }
+        other => panic!("the put behind the split was answered {other:?}"),
+    }
 }
 
 /// Waits until every store applied `key`.
@@ -58,7 +133,7 @@ fn send_command(
     cluster: &Cluster,
     store: u64,
     request: RaftCmdRequest,
-) -> tokio::sync::oneshot::Receiver<Result<CmdResponse, CmdError>> {
+) -> Receiver<Result<CmdResponse, CmdError>> {
     let (callback, answer) = tokio::sync::oneshot::channel();
     cluster.send(store, FIRST_REGION, PeerMsg::Command { request, callback });
     answer
@@ -75,8 +150,9 @@ fn a_write_is_answered_once_committed_and_reads_wait_for_it_to_apply() {
 
     fail::cfg("apply_commit", "pause").unwrap();
     // Without answers at commit this put would wait for apply: forever.
+    let acked = acked_at_commit(&cluster, leader);
     cluster.must_put(b"k", b"v2");
-    assert!(cluster.services(leader).stats.acked_at_commit.load(Relaxed) > 0);
+    assert!(acked_at_commit(&cluster, leader) > acked);
     for store in cluster.store_ids() {
         assert_eq!(
             applied_value(&cluster, store, b"k"),
@@ -123,8 +199,9 @@ fn a_write_answered_at_commit_survives_every_store_losing_what_it_had_not_applie
     // Every apply round from now on is dropped unwritten, as if each store
     // died before applying.
     fail::cfg("apply_commit", "return").unwrap();
+    let acked = acked_at_commit(&cluster, leader);
     cluster.must_put(b"k", b"v2");
-    assert!(cluster.services(leader).stats.acked_at_commit.load(Relaxed) > 0);
+    assert!(acked_at_commit(&cluster, leader) > acked);
     for store in cluster.store_ids() {
         assert_eq!(applied_value(&cluster, store, b"k"), v1, "store {store}");
         cluster.stop_store(store);
@@ -143,64 +220,54 @@ fn a_write_behind_an_unapplied_split_waits_for_apply_and_is_refused() {
     let scenario = fail::FailScenario::setup();
     let cluster = Cluster::new(3, &[1, 2, 3], test_config());
     cluster.must_put(b"z", b"1");
-    let leader = cluster.wait_leader(FIRST_REGION);
-    let region = cluster.region_on(leader, FIRST_REGION).unwrap();
-    let header = RaftRequestHeader {
-        region_id: FIRST_REGION,
-        peer: region.peers.iter().find(|p| p.store_id == leader).copied(),
-        region_epoch: region.region_epoch,
-        proposal_id: 0,
-    };
-    let split = RaftCmdRequest {
-        header: Some(header),
-        requests: Vec::new(),
-        admin_request: Some(AdminRequest {
-            cmd: Some(admin_request::Cmd::Splits(BatchSplitRequest {
-                requests: vec![SplitRequest {
-                    split_key: b"m".to_vec(),
-                    new_region_id: 5000,
-                    new_peer_ids: region.peers.iter().map(|p| 5000 + p.id).collect(),
-                }],
-            })),
-        }),
-    };
-    // "a" goes to the new region: the split changes the parent's range
-    // under a put proposed before it applies.
-    let put = |key: &[u8]| RaftCmdRequest {
-        header: Some(header),
-        requests: vec![Request {
-            cmd: Some(request::Cmd::Put(PutRequest {
-                cf: CF_DEFAULT.to_string(),
-                key: key.to_vec(),
-                value: b"1".to_vec(),
-            })),
-        }],
-        admin_request: None,
-    };
-
     wait_applied(&cluster, b"z");
+    let leader = cluster.wait_leader(FIRST_REGION);
     // Everything the leader proposed so far is applied, so on its disk.
     let last = raft_state(&cluster, leader).last_index;
+
     fail::cfg("apply_commit", "pause").unwrap();
-    let split = send_command(&cluster, leader, split);
-    let answer = send_command(&cluster, leader, put(b"a"));
-    // Wait until both entries (last + 1 and + 2) are committed while
-    // nothing applies: answering the put now would acknowledge a write that
-    // apply is going to refuse. More writes make the leader record its
-    // commit index.
-    let mut more = Vec::new();
-    assert!(wait_for(WAIT, || {
-        more.push(send_command(&cluster, leader, put(b"zz")));
-        raft_state(&cluster, leader).commit >= last + 2
-    }));
+    let split = send_command(&cluster, leader, split_at_m(&cluster, leader));
+    let answer = send_command(&cluster, leader, put(header(&cluster, leader), b"a"));
+    // Both entries (last + 1 and + 2) commit while nothing applies:
+    // answering the put now would acknowledge a write apply will refuse.
+    wait_recorded_commit(&cluster, leader, last + 2);
     fail::remove("apply_commit");
-    match cluster.rt.block_on(answer).unwrap() {
-        Err(CmdError::Region(e)) => {
-            assert!(matches!(e.kind, Some(Kind::EpochNotMatch(_))), "{e:?}")
-        }
-        other => panic!("the put behind the split was answered {other:?}"),
-    }
+    expect_epoch_not_match(&cluster, answer);
     assert!(cluster.rt.block_on(split).unwrap().is_ok());
+    assert_eq!(cluster.must_get(b"a"), None);
+    cluster.shutdown();
+    scenario.teardown();
+}
+
+#[test]
+fn a_new_leader_answers_at_commit_only_once_it_applied_the_earlier_terms() {
+    let scenario = fail::FailScenario::setup();
+    let cluster = Cluster::new(3, &[1, 2, 3], test_config());
+    cluster.must_put(b"z", b"1");
+    wait_applied(&cluster, b"z");
+    let old = cluster.wait_leader(FIRST_REGION);
+
+    fail::cfg("apply_commit", "pause").unwrap();
+    let split = send_command(&cluster, old, split_at_m(&cluster, old));
+    // The split entry of the old term reaches the next leader unapplied:
+    // its view of the region still has the old version.
+    let next = cluster.store_ids().into_iter().find(|s| *s != old).unwrap();
+    let to = header(&cluster, next).peer.unwrap();
+    assert!(wait_for(WAIT, || match cluster.leader_of(FIRST_REGION) {
+        Some(current) if current == next => true,
+        Some(current) => {
+            cluster.send(current, FIRST_REGION, PeerMsg::TransferLeader(to));
+            false
+        }
+        None => false,
+    }));
+    // The new leader's first entry is at most one past what it recorded.
+    let last = raft_state(&cluster, next).last_index;
+    let answer = send_command(&cluster, next, put(header(&cluster, next), b"a"));
+    wait_recorded_commit(&cluster, next, last + 2);
+    fail::remove("apply_commit");
+    expect_epoch_not_match(&cluster, answer);
+    let _ = cluster.rt.block_on(split);
     assert_eq!(cluster.must_get(b"a"), None);
     cluster.shutdown();
     scenario.teardown();
@@ -228,7 +295,7 @@ fn writers_wait_for_apply_again_once_it_falls_behind() {
                 .await
         });
         let waited = cluster.rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(3), async {
+            tokio::time::timeout(Duration::from_secs(5), async {
                 while !put.is_finished() {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }

@@ -207,8 +207,9 @@ impl ApplyWorker {
 
     /// Writes what is pending, then answers callbacks and reports progress.
     fn commit(&mut self, pending: &mut Pending) {
-        // Tests pause here, or drop the round unwritten and unanswered as a
-        // store that dies before applying would.
+        // Tests pause here (every round stops, fences too), or drop the
+        // round unwritten and unanswered as a store dying before it applies
+        // would (the thread's own state stays ahead: restart the store).
         fail::fail_point!("apply_commit", |_| *pending = Pending::default());
         let mut wb = pending
             .wb

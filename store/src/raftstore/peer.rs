@@ -20,7 +20,9 @@ use concord_proto::raft_cmdpb::{
 use concord_proto::raft_serverpb::{PeerState, RaftMessage, RegionSnapshot};
 use prost::Message as _;
 use protobuf::Message as _;
-use raft::eraftpb::{self, ConfChangeSingle, ConfChangeTransition, ConfChangeV2, MessageType};
+use raft::eraftpb::{
+    self, ConfChangeSingle, ConfChangeTransition, ConfChangeV2, EntryType, MessageType,
+};
 use raft::{RawNode, Ready, SnapshotStatus, StateRole, Storage as _};
 use tracing::{debug, info, warn};
 
@@ -52,10 +54,17 @@ struct Proposal {
     term: u64,
     waiters: Waiters,
     proposed_at: Instant,
-    /// For a command of plain puts and deletes, whose outcome is known once
-    /// it commits: how many requests it holds and the region version it
-    /// was checked against (see [`Peer::may_ack_at_commit`]).
-    blind: Option<(usize, u64)>,
+    /// Set for a command of plain puts and deletes, whose outcome is known
+    /// once it commits (see [`Peer::may_ack_at_commit`]).
+    blind: Option<BlindWrite>,
+}
+
+/// What answering a blind write at commit needs.
+struct BlindWrite {
+    /// Its requests (each gets an empty response).
+    requests: usize,
+    /// The region version it was checked against.
+    version: u64,
 }
 
 struct PendingRead {
@@ -93,9 +102,11 @@ pub struct Peer {
     destroyed: bool,
     /// Hibernating: raft is not ticked (see [`Peer::is_asleep`]).
     asleep: bool,
-    /// The log index of this leader's last admin command, or of the last
-    /// entry from before its term: later writes are answered at commit only
-    /// once it is applied (see [`Peer::may_ack_at_commit`]).
+    /// The log index of the last entry of this term that may change the
+    /// region: an admin command other than log compaction, or a conf change
+    /// raft appended itself (leaving a joint state). Later writes are
+    /// answered at commit only once it is applied (see
+    /// [`Peer::may_ack_at_commit`]).
     admin_barrier: u64,
     /// Consecutive ticks this leader found its region idle.
     idle_ticks: u64,
@@ -438,12 +449,21 @@ impl Peer {
             Ok(()) if index > last_before => {
                 ctx.pending_proposals
                     .fetch_add(waiters.callers(), Ordering::Relaxed);
-                if request.admin_request.is_some() {
+                let compaction =
+                    |a: &AdminRequest| matches!(a.cmd, Some(admin_request::Cmd::CompactLog(_)));
+                if request
+                    .admin_request
+                    .as_ref()
+                    .is_some_and(|a| !compaction(a))
+                {
                     self.admin_barrier = index;
                 }
-                let blind = ProposalBatch::can_merge(&request).then(|| {
-                    let version = request.header.and_then(|h| h.region_epoch);
-                    (request.requests.len(), version.map_or(0, |e| e.version))
+                let blind = ProposalBatch::can_merge(&request).then(|| BlindWrite {
+                    requests: request.requests.len(),
+                    version: request
+                        .header
+                        .and_then(|h| h.region_epoch)
+                        .map_or(0, |e| e.version),
                 });
                 self.proposals.push_back(Proposal {
                     index,
@@ -468,6 +488,7 @@ impl Peer {
         let header = request.header.unwrap_or_default();
         self.check_epoch(ctx, &header, request.admin_request.is_some())?;
         for req in &request.requests {
+            util::check_request_cf(req)?;
             util::check_request_keys(self.region(), req)?;
         }
         if ctx.pending_proposals.load(Ordering::Relaxed) >= ctx.cfg.max_pending_proposals {
@@ -1050,8 +1071,6 @@ impl Peer {
             }
         }
         if leader {
-            // Entries of earlier terms may hold admin commands.
-            self.admin_barrier = self.raft.raft.raft_log.last_index();
             info!(
                 region_id = self.region_id,
                 term = self.raft.raft.term,
@@ -1098,6 +1117,14 @@ impl Peer {
             return;
         };
         let (first, last) = (first.index, last.index);
+        if let Some(cc) = entries.iter().rev().find(|e| {
+            matches!(
+                e.get_entry_type(),
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2
+            )
+        }) {
+            self.admin_barrier = self.admin_barrier.max(cc.index);
+        }
         let may_ack = self.may_ack_at_commit(last);
         let version = self.region().region_epoch.map_or(0, |e| e.version);
         let mut callbacks = Vec::new();
@@ -1112,9 +1139,10 @@ impl Peer {
                 .and_then(|i| entries.get(i as usize))
                 .map(|e| e.term);
             match p.blind {
-                Some((requests, checked))
-                    if may_ack && checked == version && committed_term == Some(p.term) =>
-                {
+                Some(BlindWrite {
+                    requests,
+                    version: checked,
+                }) if may_ack && checked == version && committed_term == Some(p.term) => {
                     ctx.stats
                         .acked_at_commit
                         .fetch_add(p.waiters.callers() as u64, Ordering::Relaxed);
@@ -1139,13 +1167,17 @@ impl Peer {
 
     /// Whether writes committed up to `last` may be answered before they
     /// apply. Apply checks a write against the region as it is then, and
-    /// only an admin command (a split) changes that: so every admin entry
-    /// before them must be applied already — and the region's version
-    /// still the one they were checked against, which the caller compares.
-    /// Apply must also be keeping up.
+    /// only an admin command (a split) changes that: so every entry before
+    /// them that may hold one must be applied already — all of earlier
+    /// terms (once an entry of this term is applied) and this term's up to
+    /// the barrier — and the region's version still the one they were
+    /// checked against, which the caller compares. Apply must also be
+    /// keeping up.
     fn may_ack_at_commit(&self, last: u64) -> bool {
-        let applied = self.raft.store().applied_index();
+        let store = self.raft.store();
+        let applied = store.applied_index();
         self.is_leader()
+            && store.apply_state().applied_term == self.raft.raft.term
             && self.admin_barrier <= applied
             && last.saturating_sub(applied) <= MAX_APPLY_LAG_FOR_COMMIT_ACK
     }

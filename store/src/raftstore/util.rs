@@ -6,6 +6,7 @@ use concord_proto::metapb;
 use concord_proto::raft_cmdpb::{request, BatchSplitRequest, Request};
 
 use super::msg::{CmdError, KeyRange};
+use crate::engine::DATA_CFS;
 
 /// `EpochNotMatch` carrying `current` as the regions to use instead.
 pub fn epoch_not_match(region_id: u64, current: Vec<metapb::Region>) -> CmdError {
@@ -84,6 +85,25 @@ pub fn request_ranges(req: &Request) -> Vec<KeyRange> {
         Some(request::Cmd::Cas(c)) => vec![KeyRange::point(&c.key)],
         Some(request::Cmd::DeleteRange(d)) => vec![KeyRange::range(&d.start_key, &d.end_key)],
         None => Vec::new(),
+    }
+}
+
+/// Checks that a write request names a data column family: apply would
+/// refuse it otherwise, after its entry committed.
+pub fn check_request_cf(req: &Request) -> Result<(), CmdError> {
+    let cf = match &req.cmd {
+        Some(request::Cmd::Put(p)) => &p.cf,
+        Some(request::Cmd::Delete(d)) => &d.cf,
+        Some(request::Cmd::Cas(c)) => &c.cf,
+        Some(request::Cmd::DeleteRange(d)) => &d.cf,
+        None => return Err(CmdError::InvalidArgument("empty request".into())),
+    };
+    if DATA_CFS.contains(&cf.as_str()) {
+        Ok(())
+    } else {
+        Err(CmdError::InvalidArgument(format!(
+            "unknown column family {cf:?}"
+        )))
     }
 }
 
@@ -174,6 +194,26 @@ mod tests {
                     role: 0,
                 },
             ],
+        }
+    }
+
+    #[test]
+    fn a_write_must_name_a_data_column_family() {
+        let put = |cf: &str| Request {
+            cmd: Some(request::Cmd::Put(concord_proto::raft_cmdpb::PutRequest {
+                cf: cf.into(),
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+            })),
+        };
+        for cf in DATA_CFS {
+            assert!(check_request_cf(&put(cf)).is_ok(), "{cf}");
+        }
+        for bad in [put("raft"), put("nope"), Request { cmd: None }] {
+            assert!(matches!(
+                check_request_cf(&bad),
+                Err(CmdError::InvalidArgument(_))
+            ));
         }
     }
 
