@@ -21,6 +21,7 @@ use concord_store::raftstore::msg::{CmdResponse, PeerMsg};
 use concord_store::raftstore::CmdError;
 use prost::Message as _;
 use tokio::sync::oneshot::Receiver;
+use tokio::task::JoinHandle;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -139,13 +140,32 @@ fn send_command(
     answer
 }
 
-#[test]
-fn a_write_is_answered_once_committed_and_reads_wait_for_it_to_apply() {
+/// Whether `task` finishes within `limit`.
+fn finishes_within<T>(cluster: &Cluster, task: &JoinHandle<T>, limit: Duration) -> bool {
+    cluster.rt.block_on(async {
+        let finished = async {
+            while !task.is_finished() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(limit, finished).await.is_ok()
+    })
+}
+
+/// A three-store cluster whose stores all applied `key`, with this test
+/// holding the failpoints, and the region's leader.
+fn start(key: &[u8]) -> (fail::FailScenario<'static>, Cluster, u64) {
     let scenario = fail::FailScenario::setup();
     let cluster = Cluster::new(3, &[1, 2, 3], test_config());
-    cluster.must_put(b"k", b"v1");
-    wait_applied(&cluster, b"k");
+    cluster.must_put(key, b"v1");
+    wait_applied(&cluster, key);
     let leader = cluster.wait_leader(FIRST_REGION);
+    (scenario, cluster, leader)
+}
+
+#[test]
+fn a_write_is_answered_once_committed_and_reads_wait_for_it_to_apply() {
+    let (scenario, cluster, leader) = start(b"k");
     let before = applied_value(&cluster, leader, b"k");
 
     fail::cfg("apply_commit", "pause").unwrap();
@@ -167,16 +187,8 @@ fn a_write_is_answered_once_committed_and_reads_wait_for_it_to_apply() {
     let read = cluster
         .rt
         .spawn(async move { api.raw_get(&ctx, b"k").await });
-    let early = cluster.rt.block_on(async {
-        tokio::time::timeout(Duration::from_millis(300), async {
-            while !read.is_finished() {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await
-    });
     assert!(
-        early.is_err(),
+        !finishes_within(&cluster, &read, Duration::from_millis(300)),
         "a read was answered before the write it follows applied"
     );
 
@@ -189,11 +201,7 @@ fn a_write_is_answered_once_committed_and_reads_wait_for_it_to_apply() {
 
 #[test]
 fn a_write_answered_at_commit_survives_every_store_losing_what_it_had_not_applied() {
-    let scenario = fail::FailScenario::setup();
-    let mut cluster = Cluster::new(3, &[1, 2, 3], test_config());
-    cluster.must_put(b"k", b"v1");
-    wait_applied(&cluster, b"k");
-    let leader = cluster.wait_leader(FIRST_REGION);
+    let (scenario, mut cluster, leader) = start(b"k");
     let v1 = applied_value(&cluster, leader, b"k");
 
     // Every apply round from now on is dropped unwritten, as if each store
@@ -217,11 +225,7 @@ fn a_write_answered_at_commit_survives_every_store_losing_what_it_had_not_applie
 
 #[test]
 fn a_write_behind_an_unapplied_split_waits_for_apply_and_is_refused() {
-    let scenario = fail::FailScenario::setup();
-    let cluster = Cluster::new(3, &[1, 2, 3], test_config());
-    cluster.must_put(b"z", b"1");
-    wait_applied(&cluster, b"z");
-    let leader = cluster.wait_leader(FIRST_REGION);
+    let (scenario, cluster, leader) = start(b"z");
     // Everything the leader proposed so far is applied, so on its disk.
     let last = raft_state(&cluster, leader).last_index;
 
@@ -241,11 +245,7 @@ fn a_write_behind_an_unapplied_split_waits_for_apply_and_is_refused() {
 
 #[test]
 fn a_new_leader_answers_at_commit_only_once_it_applied_the_earlier_terms() {
-    let scenario = fail::FailScenario::setup();
-    let cluster = Cluster::new(3, &[1, 2, 3], test_config());
-    cluster.must_put(b"z", b"1");
-    wait_applied(&cluster, b"z");
-    let old = cluster.wait_leader(FIRST_REGION);
+    let (scenario, cluster, old) = start(b"z");
 
     fail::cfg("apply_commit", "pause").unwrap();
     let split = send_command(&cluster, old, split_at_m(&cluster, old));
@@ -275,11 +275,7 @@ fn a_new_leader_answers_at_commit_only_once_it_applied_the_earlier_terms() {
 
 #[test]
 fn writers_wait_for_apply_again_once_it_falls_behind() {
-    let scenario = fail::FailScenario::setup();
-    let cluster = Cluster::new(3, &[1, 2, 3], test_config());
-    cluster.must_put(b"k", b"v");
-    wait_applied(&cluster, b"k");
-    let leader = cluster.wait_leader(FIRST_REGION);
+    let (scenario, cluster, leader) = start(b"k");
     let region = cluster.region_on(leader, FIRST_REGION).unwrap();
     let ctx = cluster.context(leader, &region);
     let api = cluster.api(leader);
@@ -294,15 +290,7 @@ fn writers_wait_for_apply_again_once_it_falls_behind() {
             api.raw_put(&ctx, format!("k{answered}").as_bytes(), b"v", 0)
                 .await
         });
-        let waited = cluster.rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(5), async {
-                while !put.is_finished() {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            })
-            .await
-        });
-        if waited.is_err() {
+        if !finishes_within(&cluster, &put, Duration::from_secs(5)) {
             break put;
         }
         cluster.rt.block_on(put).unwrap().unwrap();

@@ -449,13 +449,8 @@ impl Peer {
             Ok(()) if index > last_before => {
                 ctx.pending_proposals
                     .fetch_add(waiters.callers(), Ordering::Relaxed);
-                let compaction =
-                    |a: &AdminRequest| matches!(a.cmd, Some(admin_request::Cmd::CompactLog(_)));
-                if request
-                    .admin_request
-                    .as_ref()
-                    .is_some_and(|a| !compaction(a))
-                {
+                let admin = request.admin_request.as_ref().and_then(|a| a.cmd.as_ref());
+                if !matches!(admin, None | Some(admin_request::Cmd::CompactLog(_))) {
                     self.admin_barrier = index;
                 }
                 let blind = ProposalBatch::can_merge(&request).then(|| BlindWrite {
