@@ -98,14 +98,28 @@ fn wait_recorded_commit(cluster: &Cluster, store: u64, index: u64) {
     }));
 }
 
-/// Expects `answer` to be `EpochNotMatch`.
-fn expect_epoch_not_match(cluster: &Cluster, answer: Receiver<Result<CmdResponse, CmdError>>) {
+/// With apply paused and `split` proposed, puts "a" through the leader on
+/// `store` (whose recorded log ended at `last`, so the put's entry is at
+/// most `last` + 2) and waits until that entry commits: answering the put
+/// now would acknowledge a write apply is going to refuse. Then resumes
+/// apply: the put must be answered `EpochNotMatch` and write nothing.
+fn put_behind_split_is_refused(
+    cluster: &Cluster,
+    store: u64,
+    last: u64,
+    split: Receiver<Result<CmdResponse, CmdError>>,
+) {
+    let answer = send_command(cluster, store, put(header(cluster, store), b"a"));
+    wait_recorded_commit(cluster, store, last + 2);
+    fail::remove("apply_commit");
     match cluster.rt.block_on(answer).unwrap() {
         Err(CmdError::Region(e)) => {
             assert!(matches!(e.kind, Some(Kind::EpochNotMatch(_))), "{e:?}")
         }
         other => panic!("the put behind the split was answered {other:?}"),
     }
+    assert!(cluster.rt.block_on(split).unwrap().is_ok());
+    assert_eq!(cluster.must_get(b"a"), None);
 }
 
 /// Waits until every store applied `key`.
@@ -140,6 +154,21 @@ fn send_command(
     answer
 }
 
+/// Puts "k" = "v2" and checks that `leader` answered it at commit, while
+/// every store still holds `before` for "k".
+fn put_answered_unapplied(cluster: &Cluster, leader: u64, before: &Option<Vec<u8>>) {
+    let acked = acked_at_commit(cluster, leader);
+    cluster.must_put(b"k", b"v2");
+    assert!(acked_at_commit(cluster, leader) > acked);
+    for store in cluster.store_ids() {
+        assert_eq!(
+            &applied_value(cluster, store, b"k"),
+            before,
+            "store {store}"
+        );
+    }
+}
+
 /// Whether `task` finishes within `limit`.
 fn finishes_within<T>(cluster: &Cluster, task: &JoinHandle<T>, limit: Duration) -> bool {
     cluster.rt.block_on(async {
@@ -170,16 +199,7 @@ fn a_write_is_answered_once_committed_and_reads_wait_for_it_to_apply() {
 
     fail::cfg("apply_commit", "pause").unwrap();
     // Without answers at commit this put would wait for apply: forever.
-    let acked = acked_at_commit(&cluster, leader);
-    cluster.must_put(b"k", b"v2");
-    assert!(acked_at_commit(&cluster, leader) > acked);
-    for store in cluster.store_ids() {
-        assert_eq!(
-            applied_value(&cluster, store, b"k"),
-            before,
-            "store {store}"
-        );
-    }
+    put_answered_unapplied(&cluster, leader, &before);
     // A read must not answer from before the acknowledged write.
     let region = cluster.region_on(leader, FIRST_REGION).unwrap();
     let ctx = cluster.context(leader, &region);
@@ -207,11 +227,8 @@ fn a_write_answered_at_commit_survives_every_store_losing_what_it_had_not_applie
     // Every apply round from now on is dropped unwritten, as if each store
     // died before applying.
     fail::cfg("apply_commit", "return").unwrap();
-    let acked = acked_at_commit(&cluster, leader);
-    cluster.must_put(b"k", b"v2");
-    assert!(acked_at_commit(&cluster, leader) > acked);
+    put_answered_unapplied(&cluster, leader, &v1);
     for store in cluster.store_ids() {
-        assert_eq!(applied_value(&cluster, store, b"k"), v1, "store {store}");
         cluster.stop_store(store);
     }
     fail::remove("apply_commit");
@@ -231,14 +248,7 @@ fn a_write_behind_an_unapplied_split_waits_for_apply_and_is_refused() {
 
     fail::cfg("apply_commit", "pause").unwrap();
     let split = send_command(&cluster, leader, split_at_m(&cluster, leader));
-    let answer = send_command(&cluster, leader, put(header(&cluster, leader), b"a"));
-    // Both entries (last + 1 and + 2) commit while nothing applies:
-    // answering the put now would acknowledge a write apply will refuse.
-    wait_recorded_commit(&cluster, leader, last + 2);
-    fail::remove("apply_commit");
-    expect_epoch_not_match(&cluster, answer);
-    assert!(cluster.rt.block_on(split).unwrap().is_ok());
-    assert_eq!(cluster.must_get(b"a"), None);
+    put_behind_split_is_refused(&cluster, leader, last, split);
     cluster.shutdown();
     scenario.teardown();
 }
@@ -263,12 +273,7 @@ fn a_new_leader_answers_at_commit_only_once_it_applied_the_earlier_terms() {
     }));
     // The new leader's first entry is at most one past what it recorded.
     let last = raft_state(&cluster, next).last_index;
-    let answer = send_command(&cluster, next, put(header(&cluster, next), b"a"));
-    wait_recorded_commit(&cluster, next, last + 2);
-    fail::remove("apply_commit");
-    expect_epoch_not_match(&cluster, answer);
-    let _ = cluster.rt.block_on(split);
-    assert_eq!(cluster.must_get(b"a"), None);
+    put_behind_split_is_refused(&cluster, next, last, split);
     cluster.shutdown();
     scenario.teardown();
 }
